@@ -1,0 +1,8 @@
+"""fastmaml: fast, exact gradient-based meta-learning (MAML and family) for any PyTorch module."""
+
+from fastmaml import models
+from fastmaml.algorithms import MAML
+from fastmaml.tasks import Sinusoid, TaskBatch
+
+__version__ = "0.1.0"
+__all__ = ["MAML", "Sinusoid", "TaskBatch", "models"]

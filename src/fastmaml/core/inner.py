@@ -1,0 +1,117 @@
+"""The one per-task function: adapt on the support set, then score the query set.
+
+Everything here works on one task's tensors; :mod:`fastmaml.core.execution` runs it vmapped over the
+task dimension or in a Python loop, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastmaml.core.params import Params, detached
+from fastmaml.core.rules import UpdateRule
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def default_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for integer targets (classification), mean squared error otherwise (regression)."""
+    if target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        return F.cross_entropy(prediction, target)
+    return F.mse_loss(prediction, target)
+
+
+@dataclass(frozen=True)
+class InnerSpec:
+    """The static part of the per-task computation.
+
+    Attributes:
+        model: the module whose parameters are swapped in through ``functional_call``.
+        loss_fn: ``loss_fn(prediction, target) -> scalar``.
+        rule: the inner update rule.
+        adapt_names: parameters updated in the inner loop; the rest stay fixed there.
+        first_order: drop the inner loop's Jacobian (FOMAML): gradients are taken at detached values.
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    rule: UpdateRule
+    adapt_names: tuple[str, ...]
+    first_order: bool
+
+
+def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor) -> Tensor:
+    return functional_call(spec.model, (params, buffers), (x,), strict=False)
+
+
+def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
+    loss = spec.loss_fn(forward(spec, params, buffers, x), y)
+    if loss.dim() != 0:
+        raise ValueError(
+            f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar; "
+            "reduce it (e.g. reduction='mean')"
+        )
+    return loss
+
+
+def inner_step(
+    spec: InnerSpec, params: Params, buffers: Params, rule_state: Params, x: Tensor, y: Tensor, step: int
+) -> Params:
+    """One inner update of the adapted parameters in ``params``; the others pass through unchanged."""
+    fast = {name: params[name] for name in spec.adapt_names}
+    fixed = {name: p for name, p in params.items() if name not in fast}
+    if spec.first_order:
+        # No graph through the gradient: theta' = theta - lr * stopgrad(grad L(theta)).
+        fixed_at, at = detached(fixed), detached(fast)
+    else:
+        fixed_at, at = fixed, fast
+
+    def support_loss(adapted: Params) -> Tensor:
+        return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y)
+
+    grads = torch.func.grad(support_loss)(at)
+    return {**fixed, **spec.rule.update(fast, grads, rule_state, step)}
+
+
+def adapt(
+    spec: InnerSpec, params: Params, buffers: Params, rule_state: Params, x: Tensor, y: Tensor, steps: int
+) -> Params:
+    """``steps`` inner updates on one task's support set; returns every parameter (adapted and fixed)."""
+    for step in range(steps):
+        params = inner_step(spec, params, buffers, rule_state, x, y, step)
+    return params
+
+
+def task_loss(
+    spec: InnerSpec,
+    params: Params,
+    buffers: Params,
+    rule_state: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    steps: int,
+    track: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Adapt on the support set and return the query loss and query predictions of one task.
+
+    With ``track=True`` the loss is a ``(steps + 1,)`` vector: the query loss before adaptation and after
+    each inner step (MAML++'s multi-step loss and the evaluation curves use it).
+    """
+    losses = []
+    for step in range(steps):
+        if track:
+            losses.append(loss_of(spec, params, buffers, query_x, query_y))
+        params = inner_step(spec, params, buffers, rule_state, support_x, support_y, step)
+    prediction = forward(spec, params, buffers, query_x)
+    loss = spec.loss_fn(prediction, query_y)
+    if not track:
+        return loss, prediction
+    return torch.stack([*losses, loss]), prediction

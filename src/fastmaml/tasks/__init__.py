@@ -1,0 +1,15 @@
+"""Task distributions: anything with ``sample_tasks(tasks, generator) -> TaskBatch``."""
+
+from typing import Protocol
+
+import torch
+
+from fastmaml.tasks.batch import TaskBatch
+from fastmaml.tasks.sinusoid import Sinusoid
+
+
+class TaskDistribution(Protocol):
+    def sample_tasks(self, tasks: int, generator: torch.Generator) -> TaskBatch: ...
+
+
+__all__ = ["Sinusoid", "TaskBatch", "TaskDistribution"]

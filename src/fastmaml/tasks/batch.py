@@ -1,0 +1,96 @@
+"""TaskBatch: a meta-batch of tasks, tasks along the leading dimension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Support and query sets of ``tasks`` tasks.
+
+    Shapes: ``support_x`` (tasks, support, *features), ``support_y`` (tasks, support, *targets),
+    ``query_x`` (tasks, query, *features), ``query_y`` (tasks, query, *targets).
+
+    Example:
+        >>> batch = TaskBatch(torch.zeros(4, 10, 1), torch.zeros(4, 10, 1), torch.zeros(4, 5, 1), torch.zeros(4, 5, 1))
+        >>> len(batch)
+        4
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def __post_init__(self) -> None:
+        names = ("support_x", "support_y", "query_x", "query_y")
+        tensors = self.tensors()
+        for name, t in zip(names, tensors):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"TaskBatch.{name} is a {type(t).__name__}; pass a torch.Tensor")
+            if t.dim() < 2:
+                raise ValueError(
+                    f"TaskBatch.{name} has shape {tuple(t.shape)}; it needs (tasks, examples, ...): "
+                    "add the task dimension with .unsqueeze(0)"
+                )
+        counts = {name: t.shape[0] for name, t in zip(names, tensors)}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"TaskBatch task counts differ: {counts}; every tensor needs the same leading size")
+        for side, x, y in (("support", self.support_x, self.support_y), ("query", self.query_x, self.query_y)):
+            if x.shape[1] != y.shape[1]:
+                raise ValueError(
+                    f"TaskBatch {side}_x has {x.shape[1]} examples per task but {side}_y has {y.shape[1]}; "
+                    "give one target per example"
+                )
+        if self.support_x.shape[2:] != self.query_x.shape[2:]:
+            raise ValueError(
+                f"TaskBatch support_x features {tuple(self.support_x.shape[2:])} differ from query_x "
+                f"features {tuple(self.query_x.shape[2:])}; support and query must have the same shape"
+            )
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return (self.support_x, self.support_y, self.query_x, self.query_y)
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    @property
+    def tasks(self) -> int:
+        return len(self)
+
+    def to(self, *args, **kwargs) -> TaskBatch:
+        """Move every tensor (``.to`` semantics); floating dtypes only change the floating tensors."""
+        def move(t: Tensor) -> Tensor:
+            if not t.is_floating_point():
+                kwargs_ = {k: v for k, v in kwargs.items() if k != "dtype"}
+                args_ = tuple(a for a in args if not isinstance(a, torch.dtype))
+                return t.to(*args_, **kwargs_)
+            return t.to(*args, **kwargs)
+
+        return TaskBatch(*(move(t) for t in self.tensors()))
+
+    def __getitem__(self, index: int | slice | Tensor) -> TaskBatch:
+        """The tasks at ``index`` (a slice keeps the task dimension; an int keeps it too, with size 1)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TaskBatch(*(t[index] for t in self.tensors()))
+
+    def shard(self, rank: int, world_size: int) -> TaskBatch:
+        """This rank's contiguous share of the tasks, for splitting a meta-batch across processes."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
+        if len(self) % world_size:
+            raise ValueError(
+                f"{len(self)} tasks do not split evenly over {world_size} processes; "
+                "make meta_batch_size a multiple of the number of processes"
+            )
+        per = len(self) // world_size
+        return self[rank * per:(rank + 1) * per]
+
+    @staticmethod
+    def cat(batches: list[TaskBatch]) -> TaskBatch:
+        return TaskBatch(*(torch.cat(ts) for ts in zip(*(b.tensors() for b in batches))))
