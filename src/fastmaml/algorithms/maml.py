@@ -122,6 +122,15 @@ class MAML(nn.Module):
         losses, _ = self.task_losses(batch, inner_steps)
         return losses.mean()
 
+    def begin_iteration(self, iteration: int, iterations: int) -> None:
+        """Called by the trainer before outer step ``iteration`` of ``iterations``; MAML has no schedule."""
+
+    def scheduler(
+        self, optimizer: torch.optim.Optimizer, iterations: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The outer learning-rate schedule this algorithm prescribes (stepped once per outer step), if any."""
+        return None
+
     # -- one task --------------------------------------------------------------------------------------
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Params:

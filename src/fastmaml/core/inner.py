@@ -37,6 +37,9 @@ class InnerSpec:
         rule: the inner update rule.
         adapt_names: parameters updated in the inner loop; the rest stay fixed there.
         first_order: drop the inner loop's Jacobian (FOMAML): gradients are taken at detached values.
+        slot_state: optional ``(params, buffers, slot) -> (params, buffers)`` applied before every
+            forward; ``slot`` is the number of inner updates already applied (MAML++ swaps in per-step
+            BatchNorm weights and running statistics here). ``None``: the identity.
     """
 
     model: nn.Module
@@ -44,14 +47,17 @@ class InnerSpec:
     rule: UpdateRule
     adapt_names: tuple[str, ...]
     first_order: bool
+    slot_state: Callable[[Params, Params, int], tuple[Params, Params]] | None = None
 
 
-def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor) -> Tensor:
+def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, slot: int = 0) -> Tensor:
+    if spec.slot_state is not None:
+        params, buffers = spec.slot_state(params, buffers, slot)
     return functional_call(spec.model, (params, buffers), (x,), strict=False)
 
 
-def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
-    loss = spec.loss_fn(forward(spec, params, buffers, x), y)
+def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor, slot: int = 0) -> Tensor:
+    loss = spec.loss_fn(forward(spec, params, buffers, x, slot), y)
     if loss.dim() != 0:
         raise ValueError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar; "
@@ -73,7 +79,7 @@ def inner_step(
         fixed_at, at = fixed, fast
 
     def support_loss(adapted: Params) -> Tensor:
-        return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y)
+        return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y, step)
 
     grads = torch.func.grad(support_loss)(at)
     return {**fixed, **spec.rule.update(fast, grads, rule_state, step)}
@@ -108,9 +114,9 @@ def task_loss(
     losses = []
     for step in range(steps):
         if track:
-            losses.append(loss_of(spec, params, buffers, query_x, query_y))
+            losses.append(loss_of(spec, params, buffers, query_x, query_y, step))
         params = inner_step(spec, params, buffers, rule_state, support_x, support_y, step)
-    prediction = forward(spec, params, buffers, query_x)
+    prediction = forward(spec, params, buffers, query_x, steps)
     loss = spec.loss_fn(prediction, query_y)
     if not track:
         return loss, prediction
