@@ -1,5 +1,57 @@
-"""Meta-learning algorithms, each a short composition of the functional core."""
+"""Meta-learning algorithms, each a short composition of the functional core, built by name with :func:`build`.
 
+Every algorithm is an ``nn.Module`` with ``outer_loss(batch)`` (``.backward()`` puts the meta-gradient in
+``algo.parameters()``), ``task_losses(batch, inner_steps, track)``, ``adapt``, ``predict``,
+``begin_iteration(iteration, iterations)`` and ``scheduler(optimizer, iterations)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from fastmaml.algorithms.anil import ANIL
+from fastmaml.algorithms.fomaml import FOMAML
+from fastmaml.algorithms.imaml import IMAML
 from fastmaml.algorithms.maml import MAML
+from fastmaml.algorithms.mamlpp import MAMLPlusPlus
+from fastmaml.algorithms.metasgd import MetaSGD
+from fastmaml.algorithms.reptile import Reptile
 
-__all__ = ["MAML"]
+ALGORITHMS: dict[str, type[MAML]] = {
+    "maml": MAML, "fomaml": FOMAML, "anil": ANIL, "metasgd": MetaSGD,
+    "mamlpp": MAMLPlusPlus, "reptile": Reptile, "imaml": IMAML,
+}
+
+
+def options(name: str) -> tuple[str, ...]:
+    """The keyword options algorithm ``name`` takes (everything but the model)."""
+    return tuple(p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p not in ("self", "model"))
+
+
+def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
+    """The algorithm ``name`` around ``model``, configured by ``kwargs``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), or an option the algorithm does
+            not take (the message names the algorithm it belongs to, if any, and the valid options).
+
+    Example:
+        >>> import fastmaml as fm
+        >>> build("imaml", fm.models.MLP([1, 40, 40, 1]), inner_steps=20, lam=2.0).cg_steps
+        5
+    """
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    valid = options(name)
+    for key in kwargs:
+        if key not in valid:
+            owners = [other for other in ALGORITHMS if key in options(other)]
+            where = f"belongs to {', '.join(owners)}, not {name}" if owners else f"is not an option of {name}"
+            raise ValueError(f"option {key!r} {where}; {name} takes {', '.join(valid)}")
+    return ALGORITHMS[name](model, **kwargs)
+
+
+__all__ = ["ALGORITHMS", "ANIL", "FOMAML", "IMAML", "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "build", "options"]
