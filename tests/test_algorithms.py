@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from algo_helpers import assert_close, batch, bn_mlp, grads, mlp
 from torch import nn
 from torch.func import functional_call
 
 import fastmaml as fm
+from algo_helpers import assert_close, batch, bn_mlp, grads, mlp
 from fastmaml.algorithms import ALGORITHMS, ANIL, FOMAML, MetaSGD, Reptile, build
 
 NAMES = ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml")
@@ -56,8 +56,14 @@ def test_vmap_and_loop_paths_agree(name):
     data = batch()
     results = []
     for execution in ("vmap", "loop"):
-        algo = build(name, bn_mlp(track=name == "mamlpp") if name in ("maml", "mamlpp") else mlp(),
-                     inner_lr=0.1, inner_steps=2, execution=execution, **options)
+        algo = build(
+            name,
+            bn_mlp(track=name == "mamlpp") if name in ("maml", "mamlpp") else mlp(),
+            inner_lr=0.1,
+            inner_steps=2,
+            execution=execution,
+            **options,
+        )
         results.append((grads(algo, algo.outer_loss(data)), {n: b.clone() for n, b in algo.named_buffers()}))
     assert_close(results[0][0], results[1][0])
     assert_close(results[0][1], results[1][1])
@@ -107,12 +113,16 @@ def test_anil_adapts_only_the_head_but_meta_learns_the_body():
     total = 0.0
     for i in range(len(data)):
         values = dict(zip(names, params))
-        features = functional_call(body, {n: v for n, v in values.items() if not n.startswith("4.")},
-                                   (data.support_x[i],))
+        features = functional_call(
+            body, {n: v for n, v in values.items() if not n.startswith("4.")}, (data.support_x[i],)
+        )
         w, b = values["4.weight"], values["4.bias"]
-        gw, gb = torch.autograd.grad(F.mse_loss(F.linear(features, w, b), data.support_y[i]), (w, b), create_graph=True)
-        query_features = functional_call(body, {n: v for n, v in values.items() if not n.startswith("4.")},
-                                         (data.query_x[i],))
+        gw, gb = torch.autograd.grad(
+            F.mse_loss(F.linear(features, w, b), data.support_y[i]), (w, b), create_graph=True
+        )
+        query_features = functional_call(
+            body, {n: v for n, v in values.items() if not n.startswith("4.")}, (data.query_x[i],)
+        )
         total = total + F.mse_loss(F.linear(query_features, w - lr * gw, b - lr * gb), data.query_y[i])
     want = dict(zip(names, torch.autograd.grad(total / len(data), params)))
     assert_close({n: got["model." + n] for n in names}, want)
@@ -134,11 +144,15 @@ def test_metasgd_with_rates_at_alpha_equals_maml_and_rates_get_the_analytic_grad
     rate_grad = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for i in range(len(data)):
         params = dict(model.named_parameters())
-        support = torch.autograd.grad(F.mse_loss(functional_call(model, params, (data.support_x[i],)),
-                                                 data.support_y[i]), tuple(params.values()))
+        support = torch.autograd.grad(
+            F.mse_loss(functional_call(model, params, (data.support_x[i],)), data.support_y[i]),
+            tuple(params.values()),
+        )
         fast = {n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(params.items(), support)}
-        query = torch.autograd.grad(F.mse_loss(functional_call(model, fast, (data.query_x[i],)), data.query_y[i]),
-                                    tuple(fast.values()))
+        query = torch.autograd.grad(
+            F.mse_loss(functional_call(model, fast, (data.query_x[i],)), data.query_y[i]),
+            tuple(fast.values()),
+        )
         for (n, _), gs, gq in zip(params.items(), support, query):
             rate_grad[n] += -gs * gq / len(data)
     assert_close({n: got["rule_state." + n.replace(".", "/")] for n in rate_grad}, rate_grad)
@@ -154,8 +168,12 @@ def test_reptile_update_matches_the_closed_form_on_a_quadratic(use_query):
     phi = M^k w + sum_{j<k} M^j lr c with M = I - lr A. The outer gradient is w - mean_i phi_i."""
     torch.manual_seed(0)
     tasks, k, lr = 3, 4, 0.05
-    data = fm.TaskBatch(torch.randn(tasks, 5, 3, dtype=torch.float64), torch.randn(tasks, 5, 1, dtype=torch.float64),
-                        torch.randn(tasks, 4, 3, dtype=torch.float64), torch.randn(tasks, 4, 1, dtype=torch.float64))
+    data = fm.TaskBatch(
+        torch.randn(tasks, 5, 3, dtype=torch.float64),
+        torch.randn(tasks, 5, 1, dtype=torch.float64),
+        torch.randn(tasks, 4, 3, dtype=torch.float64),
+        torch.randn(tasks, 4, 1, dtype=torch.float64),
+    )
     model = nn.Linear(3, 1, bias=False).double()
     reptile = Reptile(model, inner_lr=lr, inner_steps=k, use_query=use_query)
     w = model.weight.detach().reshape(3, 1)
@@ -166,23 +184,31 @@ def test_reptile_update_matches_the_closed_form_on_a_quadratic(use_query):
             x, y = torch.cat([x, data.query_x[i]]), torch.cat([y, data.query_y[i]])
         a, c = 2 / len(x) * x.T @ x, 2 / len(x) * x.T @ y
         m = torch.eye(3, dtype=torch.float64) - lr * a
-        phi = torch.linalg.matrix_power(m, k) @ w + sum(torch.linalg.matrix_power(m, j) @ (lr * c) for j in range(k))
+        phi = torch.linalg.matrix_power(m, k) @ w + sum(
+            torch.linalg.matrix_power(m, j) @ (lr * c) for j in range(k)
+        )
         phis.append(phi)
         query_losses.append(F.mse_loss(data.query_x[i] @ phi, data.query_y[i]))
     loss = reptile.outer_loss(data)
     loss.backward()
-    torch.testing.assert_close(model.weight.grad, (w - torch.stack(phis).mean(0)).reshape(1, 3), atol=1e-13, rtol=0)
+    torch.testing.assert_close(
+        model.weight.grad, (w - torch.stack(phis).mean(0)).reshape(1, 3), atol=1e-13, rtol=0
+    )
     torch.testing.assert_close(loss, torch.stack(query_losses).mean())
     before = model.weight.detach().clone()
     torch.optim.SGD(reptile.parameters(), lr=0.5).step()  # theta + eps (mean phi - theta), Algorithm 2
-    torch.testing.assert_close(model.weight.detach(), before + 0.5 * (torch.stack(phis).mean(0).reshape(1, 3) - before))
+    torch.testing.assert_close(
+        model.weight.detach(), before + 0.5 * (torch.stack(phis).mean(0).reshape(1, 3) - before)
+    )
 
 
 def test_reptile_builds_no_graph_through_the_inner_loop():
     reptile = Reptile(mlp(), inner_lr=0.1, inner_steps=3)
     loss = reptile.outer_loss(batch())
     # The graph is the surrogate alone: one multiply/sum per parameter, whatever the number of steps.
-    assert _graph_size(loss) == _graph_size(Reptile(mlp(), inner_lr=0.1, inner_steps=1).outer_loss(batch())) < 40
+    assert (
+        _graph_size(loss) == _graph_size(Reptile(mlp(), inner_lr=0.1, inner_steps=1).outer_loss(batch())) < 40
+    )
 
 
 def _graph_size(tensor: torch.Tensor) -> int:

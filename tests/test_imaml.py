@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from algo_helpers import batch, grads, mlp
 from torch import nn
 
 import fastmaml as fm
+from algo_helpers import batch, grads, mlp
 from fastmaml.algorithms import IMAML, build
 from fastmaml.algorithms.imaml import conjugate_gradient
 
@@ -18,7 +18,9 @@ def test_conjugate_gradient_solves_an_spd_system_and_survives_a_zero_rhs():
     b = {"x": torch.randn(4, dtype=torch.float64)}
     x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4)
     torch.testing.assert_close(x["x"], torch.linalg.solve(a, b["x"]), atol=1e-10, rtol=0)
-    zero = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.zeros(4, dtype=torch.float64)}, steps=3)
+    zero = conjugate_gradient(
+        lambda v: {"x": a @ v["x"]}, {"x": torch.zeros(4, dtype=torch.float64)}, steps=3
+    )
     assert torch.equal(zero["x"], torch.zeros(4, dtype=torch.float64))
 
 
@@ -29,8 +31,12 @@ def test_imaml_matches_the_exact_implicit_gradient_of_a_quadratic_inner_problem(
     is d L_query(phi*(theta)) / d theta, here by autograd through that solve (no CG, no inner loop)."""
     torch.manual_seed(0)
     tasks, d, lam = 3, 3, 2.0
-    data = fm.TaskBatch(torch.randn(tasks, 5, d, dtype=torch.float64), torch.randn(tasks, 5, 1, dtype=torch.float64),
-                        torch.randn(tasks, 4, d, dtype=torch.float64), torch.randn(tasks, 4, 1, dtype=torch.float64))
+    data = fm.TaskBatch(
+        torch.randn(tasks, 5, d, dtype=torch.float64),
+        torch.randn(tasks, 5, 1, dtype=torch.float64),
+        torch.randn(tasks, 4, d, dtype=torch.float64),
+        torch.randn(tasks, 4, 1, dtype=torch.float64),
+    )
     model = nn.Linear(d, 1, bias=False).double()
     # Gradient descent on the proximal problem contracts by max|1 - lr (eig + lam)| < 0.9 per step.
     imaml = IMAML(model, inner_lr=0.05, inner_steps=400, lam=lam, cg_steps=d, execution=execution)
@@ -86,14 +92,16 @@ def test_imaml_memory_does_not_grow_with_inner_steps():
 
 
 def test_imaml_adapt_runs_proximal_gradient_descent():
-    """adapt / task_losses solve the same proximal problem: phi <- phi - lr (grad L_s(phi) + lam (phi - theta))."""
+    """adapt and task_losses run phi <- phi - lr (grad L_s(phi) + lam (phi - theta)), the proximal problem."""
     data, lr, lam, steps = batch(), 0.05, 3.0, 4
     imaml = IMAML(mlp(), inner_lr=lr, inner_steps=steps, lam=lam)
     theta = {n: p.detach() for n, p in imaml.model.named_parameters()}
     phi = dict(theta)
     for _ in range(steps):
         current = {n: p.clone().requires_grad_() for n, p in phi.items()}
-        loss = F.mse_loss(torch.func.functional_call(imaml.model, current, (data.support_x[0],)), data.support_y[0])
+        loss = F.mse_loss(
+            torch.func.functional_call(imaml.model, current, (data.support_x[0],)), data.support_y[0]
+        )
         g = torch.autograd.grad(loss, tuple(current.values()))
         phi = {n: p - lr * (gn + lam * (p - theta[n])) for (n, p), gn in zip(phi.items(), g)}
     adapted = imaml.adapt(data.support_x[0], data.support_y[0])
@@ -106,7 +114,9 @@ def test_imaml_adapt_runs_proximal_gradient_descent():
 
 def test_imaml_rejects_bad_lambda_and_cg_steps():
     for lam in (0.0, -1.0):
-        with pytest.raises(ValueError, match=f"lam={lam}; iMAML's proximal strength lambda must be a number > 0"):
+        with pytest.raises(
+            ValueError, match=f"lam={lam}; iMAML's proximal strength lambda must be a number > 0"
+        ):
             IMAML(mlp(), lam=lam)
     with pytest.raises(ValueError, match="cg_steps=0; conjugate gradient needs an integer >= 1"):
         build("imaml", mlp(), cg_steps=0)

@@ -1,4 +1,4 @@
-"""Meta-learning algorithms, each a short composition of the functional core, built by name with :func:`build`.
+"""Meta-learning algorithms, each a short composition of the functional core; :func:`build` by name.
 
 Every algorithm is an ``nn.Module`` with ``outer_loss(batch)`` (``.backward()`` puts the meta-gradient in
 ``algo.parameters()``), ``task_losses(batch, inner_steps, track)``, ``adapt``, ``predict``,
@@ -21,14 +21,21 @@ from fastmaml.algorithms.metasgd import MetaSGD
 from fastmaml.algorithms.reptile import Reptile
 
 ALGORITHMS: dict[str, type[MAML]] = {
-    "maml": MAML, "fomaml": FOMAML, "anil": ANIL, "metasgd": MetaSGD,
-    "mamlpp": MAMLPlusPlus, "reptile": Reptile, "imaml": IMAML,
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "anil": ANIL,
+    "metasgd": MetaSGD,
+    "mamlpp": MAMLPlusPlus,
+    "reptile": Reptile,
+    "imaml": IMAML,
 }
 
 
 def options(name: str) -> tuple[str, ...]:
     """The keyword options algorithm ``name`` takes (everything but the model)."""
-    return tuple(p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p not in ("self", "model"))
+    return tuple(
+        p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p not in ("self", "model")
+    )
 
 
 def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
@@ -54,4 +61,15 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
     return ALGORITHMS[name](model, **kwargs)
 
 
-__all__ = ["ALGORITHMS", "ANIL", "FOMAML", "IMAML", "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "build", "options"]
+__all__ = [
+    "ALGORITHMS",
+    "ANIL",
+    "FOMAML",
+    "IMAML",
+    "MAML",
+    "MAMLPlusPlus",
+    "MetaSGD",
+    "Reptile",
+    "build",
+    "options",
+]

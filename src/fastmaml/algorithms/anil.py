@@ -56,6 +56,13 @@ class ANIL(MAML):
             raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
         head = last_linear(model) if head is None else head
         super().__init__(
-            model, inner_lr, inner_steps, first_order, loss_fn, adapt=head, rule=rule, execution=execution,
+            model,
+            inner_lr,
+            inner_steps,
+            first_order,
+            loss_fn,
+            adapt=head,
+            rule=rule,
+            execution=execution,
         )
         self.head = head

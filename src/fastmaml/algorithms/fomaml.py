@@ -37,4 +37,6 @@ class FOMAML(MAML):
         rule: UpdateRule | None = None,
         execution: Execution = "auto",
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, True, loss_fn, adapt=adapt, rule=rule, execution=execution)
+        super().__init__(
+            model, inner_lr, inner_steps, True, loss_fn, adapt=adapt, rule=rule, execution=execution
+        )

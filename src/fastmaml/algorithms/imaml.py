@@ -85,8 +85,15 @@ class IMAML(MAML):
             raise ValueError(f"lam={lam!r}; iMAML's proximal strength lambda must be a number > 0")
         if isinstance(cg_steps, bool) or not isinstance(cg_steps, numbers.Integral) or cg_steps < 1:
             raise ValueError(f"cg_steps={cg_steps!r}; conjugate gradient needs an integer >= 1 iterations")
-        super().__init__(model, inner_lr, inner_steps, True, loss_fn, rule=proximal(float(inner_lr), float(lam)),
-                         execution=execution)
+        super().__init__(
+            model,
+            inner_lr,
+            inner_steps,
+            True,
+            loss_fn,
+            rule=proximal(float(inner_lr), float(lam)),
+            execution=execution,
+        )
         self.lam, self.cg_steps = float(lam), int(cg_steps)
 
     def functional_state(self) -> tuple[Params, Params, Params]:
@@ -97,19 +104,28 @@ class IMAML(MAML):
     def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None) -> Tensor:
         """Mean query loss whose ``.backward()`` leaves the mean implicit meta-gradient in ``.grad``."""
         if not isinstance(batch, TaskBatch):
-            raise TypeError(f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch")
+            raise TypeError(
+                f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch"
+            )
         steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
         params, buffers, anchor = self.functional_state()
         self._check_model_accepts(batch, params, buffers)
         spec, names, lam = self.spec(), tuple(params), self.lam
 
-        def per_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> tuple[Tensor, ...]:
+        def per_task(
+            support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        ) -> tuple[Tensor, ...]:
             phi = inner.adapt(spec, anchor, buffers, anchor, support_x, support_y, steps)
             query_grad, loss = torch.func.grad_and_value(
-                lambda p: inner.loss_of(spec, p, buffers, query_x, query_y, steps))(phi)
+                lambda p: inner.loss_of(spec, p, buffers, query_x, query_y, steps)
+            )(phi)
             # H v by reverse-over-reverse at phi; the vjp is built once and reused by every CG step.
-            _, hvp = torch.func.vjp(torch.func.grad(lambda p: inner.loss_of(spec, p, buffers, support_x, support_y)), phi)
-            g = conjugate_gradient(lambda v: {n: v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad, self.cg_steps)
+            _, hvp = torch.func.vjp(
+                torch.func.grad(lambda p: inner.loss_of(spec, p, buffers, support_x, support_y)), phi
+            )
+            g = conjugate_gradient(
+                lambda v: {n: v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad, self.cg_steps
+            )
             return (loss, *(g[n] for n in names))
 
         # No outer graph: the meta-gradient is computed here, so memory is independent of inner_steps.

@@ -90,16 +90,27 @@ class MAMLPlusPlus(MAML):
             raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
         steps = _check_steps(inner_steps)
         norms = batch_norms(model).values()
-        weights = _switch(per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights", "affine BatchNorm")
-        statistics = _switch(per_step_bn_statistics, any(m.track_running_stats for m in norms),
-                             "per_step_bn_statistics", "BatchNorm with track_running_stats=True")
+        weights = _switch(
+            per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights", "affine BatchNorm"
+        )
+        statistics = _switch(
+            per_step_bn_statistics,
+            any(m.track_running_stats for m in norms),
+            "per_step_bn_statistics",
+            "BatchNorm with track_running_stats=True",
+        )
         norm = PerStepNorm(model, steps + 1, weights, statistics) if weights or statistics else None
         # Per-step BatchNorm weights are learned in the outer loop only, so they stay out of the inner loop.
         fixed = set(norm.weight_names) if norm is not None else set()
         super().__init__(
-            model, inner_lr, steps, first_order, loss_fn,
+            model,
+            inner_lr,
+            steps,
+            first_order,
+            loss_fn,
             adapt=(lambda name, p: name not in fixed) if fixed else None,
-            rule=per_step(float(inner_lr), steps) if learned_lr else None, execution=execution,
+            rule=per_step(float(inner_lr), steps) if learned_lr else None,
+            execution=execution,
         )
         self.norm = norm
         self.base_first_order = bool(first_order)
@@ -116,11 +127,15 @@ class MAMLPlusPlus(MAML):
         span = self.multi_step_loss_fraction * iterations
         self.msl_progress = iteration / span if span > 0 else math.inf
 
-    def scheduler(self, optimizer: torch.optim.Optimizer, iterations: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """Cosine annealing of the outer rate to ``min_outer_lr`` over ``iterations`` steps, or None (CA off)."""
+    def scheduler(
+        self, optimizer: torch.optim.Optimizer, iterations: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """Cosine annealing of the outer rate to ``min_outer_lr`` over ``iterations``; None if CA is off."""
         if not self.cosine_annealing:
             return None
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(iterations), 1), eta_min=self.min_outer_lr)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(int(iterations), 1), eta_min=self.min_outer_lr
+        )
 
     # -- the functional state, extended with the per-step BatchNorm entries ----------------------------
 
@@ -165,7 +180,9 @@ class MAMLPlusPlus(MAML):
         if collect:
             self.norm.update_statistics(stats, steps)
         if use_msl:  # losses: (tasks, steps + 1); index 0 is before adaptation and carries no weight
-            weights = torch.tensor(msl_weights(steps, self.msl_progress), dtype=losses.dtype, device=losses.device)
+            weights = torch.tensor(
+                msl_weights(steps, self.msl_progress), dtype=losses.dtype, device=losses.device
+            )
             return (losses[:, 1:] @ weights).mean()
         return (losses[:, -1] if losses.dim() == 2 else losses).mean()
 

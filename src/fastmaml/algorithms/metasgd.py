@@ -25,7 +25,8 @@ class MetaSGD(MAML):
     Example:
         >>> import fastmaml as fm
         >>> algo = MetaSGD(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01)
-        >>> sum(r.numel() for r in algo.rule_state.values()) == sum(p.numel() for p in algo.model.parameters())
+        >>> rates = sum(r.numel() for r in algo.rule_state.values())
+        >>> rates == sum(p.numel() for p in algo.model.parameters())
         True
     """
 
@@ -41,6 +42,12 @@ class MetaSGD(MAML):
         execution: Execution = "auto",
     ) -> None:
         super().__init__(
-            model, inner_lr, inner_steps, first_order, loss_fn,
-            adapt=adapt, rule=meta_sgd(float(inner_lr)), execution=execution,
+            model,
+            inner_lr,
+            inner_steps,
+            first_order,
+            loss_fn,
+            adapt=adapt,
+            rule=meta_sgd(float(inner_lr)),
+            execution=execution,
         )

@@ -64,7 +64,10 @@ class _Recorder(TorchFunctionMode):
             if tag is not None and bound.get("training", False) and not _inside_grad():
                 x = bound["input"].detach()  # (N, C, *spatial)
                 dims = [0, *range(2, x.dim())]
-                self.stats[tag[:2]] = (x.mean(dims), x.var(dims))  # (C,) each; unbiased, as torch's running_var
+                self.stats[tag[:2]] = (
+                    x.mean(dims),
+                    x.var(dims),
+                )  # (C,) each; unbiased, as torch's running_var
         return func(*args, **kwargs)
 
 
@@ -76,27 +79,39 @@ class PerStepNorm(nn.Module):
         self.slots = slots
         norms = batch_norms(model)
         self.weight_names = tuple(
-            _prefix(layer) + kind for layer, m in norms.items() if weights and m.affine for kind in ("weight", "bias")
+            _prefix(layer) + kind
+            for layer, m in norms.items()
+            if weights and m.affine
+            for kind in ("weight", "bias")
         )
         own = dict(model.named_parameters())
-        self.weights = nn.ParameterDict({
-            name.replace(".", "/"): nn.Parameter(own[name].detach().unsqueeze(0).repeat(slots, 1))
-            for name in self.weight_names
-        })  # (slots, C) each
+        self.weights = nn.ParameterDict(
+            {
+                name.replace(".", "/"): nn.Parameter(own[name].detach().unsqueeze(0).repeat(slots, 1))
+                for name in self.weight_names
+            }
+        )  # (slots, C) each
         self.stat_layers = tuple(layer for layer, m in norms.items() if statistics and m.track_running_stats)
         # nn.BatchNorm increments num_batches_tracked in place in training mode, which torch.func.grad
         # refuses; with a momentum it is never read, so the forwards see None instead.
-        self.counters = tuple(_prefix(layer) + "num_batches_tracked" for layer, m in norms.items()
-                              if m.track_running_stats and m.momentum is not None)
+        self.counters = tuple(
+            _prefix(layer) + "num_batches_tracked"
+            for layer, m in norms.items()
+            if m.track_running_stats and m.momentum is not None
+        )
         self.momentum: dict[str, float] = {}
         for layer in self.stat_layers:
             m = norms[layer]
             if m.momentum is None:
-                raise ValueError(f"BatchNorm {layer!r} has momentum=None (cumulative average); "
-                                 "give it a momentum or set per_step_bn_statistics=False")
+                raise ValueError(
+                    f"BatchNorm {layer!r} has momentum=None (cumulative average); "
+                    "give it a momentum or set per_step_bn_statistics=False"
+                )
             self.momentum[layer] = float(m.momentum)
             for stat in ("running_mean", "running_var"):
-                self.register_buffer(self._buffer(layer, stat), getattr(m, stat).detach().unsqueeze(0).repeat(slots, 1))
+                self.register_buffer(
+                    self._buffer(layer, stat), getattr(m, stat).detach().unsqueeze(0).repeat(slots, 1)
+                )
         self.recorder: _Recorder | None = None
 
     @staticmethod
@@ -105,7 +120,10 @@ class PerStepNorm(nn.Module):
 
     def extend(self, params: Params, buffers: Params) -> tuple[Params, Params]:
         """Add the per-step entries (``name#steps``) to a model's params and buffers dicts."""
-        params = {**params, **{name + STEPS: self.weights[name.replace(".", "/")] for name in self.weight_names}}
+        params = {
+            **params,
+            **{name + STEPS: self.weights[name.replace(".", "/")] for name in self.weight_names},
+        }
         buffers = dict(buffers)
         for layer in self.stat_layers:
             for stat in ("running_mean", "running_var"):
@@ -146,8 +164,10 @@ class PerStepNorm(nn.Module):
         for layer in self.stat_layers:
             for slot in range(min(steps, self.slots - 1) + 1):
                 if (layer, slot) not in recorder.stats:
-                    raise RuntimeError(f"BatchNorm {layer!r} saw no query batch at step {slot}; "
-                                       "per-step statistics need every BatchNorm called once per forward")
+                    raise RuntimeError(
+                        f"BatchNorm {layer!r} saw no query batch at step {slot}; "
+                        "per-step statistics need every BatchNorm called once per forward"
+                    )
                 out.extend(recorder.stats[(layer, slot)])
         return out
 
@@ -158,4 +178,6 @@ class PerStepNorm(nn.Module):
         for layer in self.stat_layers:
             for slot in range(min(steps, self.slots - 1) + 1):
                 for stat in ("running_mean", "running_var"):
-                    getattr(self, self._buffer(layer, stat))[slot].lerp_(next(values).mean(0), self.momentum[layer])
+                    getattr(self, self._buffer(layer, stat))[slot].lerp_(
+                        next(values).mean(0), self.momentum[layer]
+                    )

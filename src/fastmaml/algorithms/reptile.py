@@ -59,13 +59,17 @@ class Reptile(MAML):
     def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None) -> Tensor:
         """Surrogate whose ``.backward()`` leaves theta - mean_i phi_i in every parameter's ``.grad``."""
         if not isinstance(batch, TaskBatch):
-            raise TypeError(f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch")
+            raise TypeError(
+                f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch"
+            )
         steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
         params, buffers, rule_state = self.functional_state()
         self._check_model_accepts(batch, params, buffers)
         spec, start, names = self.spec(), detached(params), tuple(params)
 
-        def per_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> tuple[Tensor, ...]:
+        def per_task(
+            support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+        ) -> tuple[Tensor, ...]:
             x, y = support_x, support_y
             if self.use_query:  # (support + query, *features)
                 x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])

@@ -9,7 +9,7 @@ from fastmaml.core.params import Params
 
 
 def surrogate_loss(value: Tensor, params: Params, meta_grads: Params) -> Tensor:
-    """A scalar equal to ``value`` whose gradient w.r.t. each ``params[name]`` is exactly ``meta_grads[name]``.
+    """A scalar equal to ``value`` whose gradient w.r.t. ``params[name]`` is exactly ``meta_grads[name]``.
 
     ``value + sum((theta - stopgrad(theta)) * g)``: the second term is zero in value and has gradient
     ``g``, so ``.backward()`` leaves the precomputed meta-gradient in ``.grad`` and any torch optimizer
@@ -21,5 +21,9 @@ def surrogate_loss(value: Tensor, params: Params, meta_grads: Params) -> Tensor:
         >>> theta.grad
         tensor([ 1., -1.])
     """
-    terms = [((p - p.detach()) * meta_grads[name].detach()).sum() for name, p in params.items() if name in meta_grads]
+    terms = [
+        ((p - p.detach()) * meta_grads[name].detach()).sum()
+        for name, p in params.items()
+        if name in meta_grads
+    ]
     return value.detach() + torch.stack(terms).sum()
