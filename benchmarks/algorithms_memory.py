@@ -1,9 +1,9 @@
 """Peak memory of one outer step: iMAML (20 inner steps) against second-order MAML (1 step) and others.
 
 Each configuration runs in a fresh Python process with glibc told to return freed memory (``MALLOC``
-below), so one configuration's freed blocks cannot hide another's or the warm-up's. In it: build the model, algorithm and meta-batch, take one warm-up outer step, reset the
-kernel's peak-RSS counter (``/proc/self/clear_refs``), take one measured step (``outer_loss().backward()``),
-and report the peak resident memory of that step above the resident memory before it (``VmHWM - VmRSS``).
+below), so one configuration's freed blocks cannot hide another's or the warm-up's. In it: build the
+model, algorithm and meta-batch, take one warm-up outer step, reset the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), take one measured step (``outer_loss().backward()``), and report the peak resident memory of that step above the resident memory before it (``VmHWM - VmRSS``).
 Where ``clear_refs`` is unavailable (not Linux) the peak is ``getrusage``'s lifetime maximum instead.
 
 Usage:

@@ -234,3 +234,24 @@ def test_algorithms_reject_bad_input_with_one_line_errors():
         build("metasgd", mlp(), inner_lr=-0.1)
     with pytest.raises(TypeError, match="pass a torch.nn.Module"):
         ANIL("not a model")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vmap_and_loop_paths_agree_on_a_batchnorm_conv4(name):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(2, 1)
+    data = fm.TaskBatch(
+        torch.rand(2, 3, 1, 16, 16, generator=g, dtype=torch.float64),
+        labels,
+        torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(2, dim=1),
+    )
+    results = []
+    for execution in ("vmap", "loop"):
+        torch.manual_seed(0)
+        model = fm.models.Conv4(ways=3, filters=4, image_size=16).double()
+        algo = build(name, model, inner_lr=0.1, inner_steps=2, execution=execution)
+        algo.begin_iteration(50, 100)
+        results.append(grads(algo, algo.outer_loss(data)))
+    assert_close(results[0], results[1], atol=1e-12)
+    assert results[0]["model.features.0.weight"].abs().sum() > 0

@@ -1,6 +1,6 @@
 """iMAML: Meta-Learning with Implicit Gradients (Rajeswaran, Finn, Kakade, Levine 2019, arXiv:1909.04630).
 
-The inner problem is proximal: phi = argmin L_support(phi) + lam/2 ||phi - theta||^2 (eq. 4), solved
+The inner problem is proximal: phi = argmin L_support(phi) + lam/2 ||phi - theta||^2, solved
 approximately by ``inner_steps`` of gradient descent that keep no graph, so memory does not grow with the
 number of steps. Its optimality condition gives the meta-gradient without differentiating through the
 solver (Lemma 1): d phi / d theta = (I + H / lam)^-1 with H the Hessian of L_support at phi, so

@@ -62,6 +62,10 @@ class MAMLPlusPlus(MAML):
         min_outer_lr: the floor of the cosine schedule.
         Other arguments: as :class:`MAML`.
 
+    With per-step BatchNorm weights on, the model's own BatchNorm weights are unused (they get no
+    gradient); the learned ones are ``algo.norm.weights``, one row per slot. Per-step statistics are
+    used in eval mode (``algo.eval()``); in training mode BatchNorm normalises with batch statistics.
+
     Example:
         >>> import fastmaml as fm
         >>> algo = MAMLPlusPlus(fm.models.Conv4(ways=5), inner_lr=0.4, inner_steps=5)

@@ -1,7 +1,7 @@
 """Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (Li, Zhou, Chen, Li 2017, arXiv:1707.09835).
 
 The inner step is theta' = theta - alpha (*) grad L_support(theta) with ``alpha`` a learned tensor of the
-same shape as theta (eq. 3), optimised in the outer loop beside theta. The rates live in
+same shape as theta, optimised in the outer loop beside theta. The rates live in
 ``algo.rule_state`` (an ``nn.ParameterDict``), so ``algo.parameters()`` hands both to the optimizer.
 """
 

@@ -5,8 +5,8 @@ BNRS: every BatchNorm layer that tracks running statistics gets one running mean
 
 A *slot* is the number of inner updates already applied to the parameters: the support forward of
 step i and the query forward after i updates use slot i, so there are ``inner_steps + 1`` slots.
-(Departure: the reference code keeps ``inner_steps`` slots and scores the query after update i with
-slot i - 1's statistics.) More steps at test time than in training reuse the last slot.
+(Departure: the reference code keeps ``inner_steps`` slots and runs the query forward after k updates
+with slot k - 1.) More steps at test time than in training reuse the last slot.
 
 Running statistics are never written during a forward (the core's BatchNorm only reads them). During
 ``outer_loss`` in training mode, the batch statistics each layer sees in the query forward at slot k
@@ -43,7 +43,8 @@ def _prefix(layer: str) -> str:
 
 def _inside_grad() -> bool:
     # Support-set forwards run inside the core's torch.func.grad; their batch statistics are not
-    # recorded (a tensor of that transform cannot leave it). Query forwards run outside it.
+    # recorded (a tensor of that transform cannot leave it). Query forwards run outside it. There is no
+    # public way to ask which transform is running; peek_interpreter_stack is functorch's own (torch >= 2.1).
     interpreter = peek_interpreter_stack()
     return interpreter is not None and interpreter.key() == TransformType.Grad
 

@@ -64,7 +64,7 @@ def per_step(lr: float, steps: int) -> UpdateRule:
 
 
 def proximal(lr: float, lam: float) -> UpdateRule:
-    """iMAML's inner rule (arXiv:1909.04630, eq. 4): gradient descent on L(phi) + lam/2 ||phi - theta||^2.
+    """iMAML's inner rule (arXiv:1909.04630): gradient descent on L(phi) + lam/2 ||phi - theta||^2.
 
     ``state`` holds the anchor theta (iMAML passes the detached meta-parameters); nothing is learned,
     so ``init`` returns no state.
