@@ -12,8 +12,14 @@ from torch import nn
 
 from fastmaml.train import config as cfg
 from fastmaml.train.baselines import pretrain, tune_step_size
-from fastmaml.train.build import (build_algorithm, build_model, build_optimizer, build_tasks, model_args,
-                                  task_generator)
+from fastmaml.train.build import (
+    build_algorithm,
+    build_model,
+    build_optimizer,
+    build_tasks,
+    model_args,
+    task_generator,
+)
 from fastmaml.train.checkpoint import load_checkpoint, save_atomic
 from fastmaml.train.evaluate import evaluate
 from fastmaml.train.loop import LoopState, make_step, meta_train, restore_run_checkpoint, save_run_checkpoint
