@@ -97,8 +97,9 @@ def meta_train(
     metrics_path: Path | None = None,
     on_log: Callable[[LoopState], None] | None = None,
     progress: bool = True,
+    max_minutes: float = 0.0,
 ) -> LoopState:
-    """Run outer steps from ``state.iteration`` to ``iterations``.
+    """Run outer steps from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
 
     Every ``log_every`` iterations the mean outer loss since the last log is appended to
     ``metrics_path`` (JSON lines) and ``on_log`` is called (validation, checkpoints).
@@ -108,8 +109,9 @@ def meta_train(
     device = next(algorithm.parameters()).device
     bar = Progress(iterations, state.iteration, progress)
     running, count, tick = 0.0, 0, time.perf_counter()
+    deadline = tick + 60 * max_minutes if max_minutes else float("inf")
     try:
-        while state.iteration < iterations:
+        while state.iteration < iterations and time.perf_counter() < deadline:
             if hasattr(algorithm, "begin_iteration"):
                 algorithm.begin_iteration(state.iteration, iterations)
             batch = tasks.sample_tasks(meta_batch_size, generator).to(device)
@@ -121,7 +123,7 @@ def meta_train(
                 scheduler.step()
             state.iteration += 1
             running, count = running + loss.item(), count + 1
-            if state.iteration % log_every == 0 or state.iteration == iterations:
+            if state.iteration % log_every == 0 or state.iteration == iterations or time.perf_counter() >= deadline:
                 elapsed = time.perf_counter() - tick
                 record = {"iteration": state.iteration, "loss": running / count,
                           "tasks_per_s": count * meta_batch_size / elapsed}

@@ -93,6 +93,7 @@ def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = Fa
         algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
         meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
         state=state, log_every=config.log_every, metrics_path=run_dir / METRICS, on_log=on_log, progress=progress,
+        max_minutes=config.max_minutes,
     )
     save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler)
     save_atomic({"model_args": args}, run_dir / "model_args.pt")
