@@ -34,7 +34,7 @@ def test_every_algorithm_trains_with_any_optimizer(name):
     optimizer.step()
     assert all(not torch.equal(before[n], p) for n, p in algo.model.named_parameters())
     losses, predictions = algo.task_losses(data, inner_steps=3, track=True)
-    assert losses.shape == (3, 4) and predictions.shape == data.query_y.shape
+    assert losses.shape == (3, 4) and predictions.shape == (3, 4, *data.query_y.shape[1:])
     params = algo.adapt(data.support_x[0], data.support_y[0])
     assert algo.predict(params, data.query_x[0]).shape == data.query_y[0].shape
 
@@ -48,6 +48,16 @@ def test_build_rejects_unknown_names_and_foreign_options():
         build("reptile", mlp(), head="4")
     with pytest.raises(ValueError, match="option 'colour' is not an option of anil; anil takes .*head"):
         build("anil", mlp(), colour="red")
+
+
+def test_build_takes_the_trainers_common_options_for_every_algorithm():
+    """None means the algorithm's default; first_order=True is redundant, not wrong, for fomaml."""
+    for name in NAMES:
+        algo = build(name, mlp(), inner_lr=0.1, inner_steps=2, execution="loop", first_order=None, head=None)
+        assert algo.inner_steps == 2
+    assert build("fomaml", mlp(), first_order=True).first_order
+    with pytest.raises(ValueError, match="first_order=False but reptile's inner loop is first-order by definition"):
+        build("reptile", mlp(), first_order=False)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,9 +127,7 @@ def test_anil_adapts_only_the_head_but_meta_learns_the_body():
             body, {n: v for n, v in values.items() if not n.startswith("4.")}, (data.support_x[i],)
         )
         w, b = values["4.weight"], values["4.bias"]
-        gw, gb = torch.autograd.grad(
-            F.mse_loss(F.linear(features, w, b), data.support_y[i]), (w, b), create_graph=True
-        )
+        gw, gb = torch.autograd.grad(F.mse_loss(F.linear(features, w, b), data.support_y[i]), (w, b), create_graph=True)
         query_features = functional_call(
             body, {n: v for n, v in values.items() if not n.startswith("4.")}, (data.query_x[i],)
         )
@@ -184,31 +192,23 @@ def test_reptile_update_matches_the_closed_form_on_a_quadratic(use_query):
             x, y = torch.cat([x, data.query_x[i]]), torch.cat([y, data.query_y[i]])
         a, c = 2 / len(x) * x.T @ x, 2 / len(x) * x.T @ y
         m = torch.eye(3, dtype=torch.float64) - lr * a
-        phi = torch.linalg.matrix_power(m, k) @ w + sum(
-            torch.linalg.matrix_power(m, j) @ (lr * c) for j in range(k)
-        )
+        phi = torch.linalg.matrix_power(m, k) @ w + sum(torch.linalg.matrix_power(m, j) @ (lr * c) for j in range(k))
         phis.append(phi)
         query_losses.append(F.mse_loss(data.query_x[i] @ phi, data.query_y[i]))
     loss = reptile.outer_loss(data)
     loss.backward()
-    torch.testing.assert_close(
-        model.weight.grad, (w - torch.stack(phis).mean(0)).reshape(1, 3), atol=1e-13, rtol=0
-    )
+    torch.testing.assert_close(model.weight.grad, (w - torch.stack(phis).mean(0)).reshape(1, 3), atol=1e-13, rtol=0)
     torch.testing.assert_close(loss, torch.stack(query_losses).mean())
     before = model.weight.detach().clone()
     torch.optim.SGD(reptile.parameters(), lr=0.5).step()  # theta + eps (mean phi - theta), Algorithm 2
-    torch.testing.assert_close(
-        model.weight.detach(), before + 0.5 * (torch.stack(phis).mean(0).reshape(1, 3) - before)
-    )
+    torch.testing.assert_close(model.weight.detach(), before + 0.5 * (torch.stack(phis).mean(0).reshape(1, 3) - before))
 
 
 def test_reptile_builds_no_graph_through_the_inner_loop():
     reptile = Reptile(mlp(), inner_lr=0.1, inner_steps=3)
     loss = reptile.outer_loss(batch())
     # The graph is the surrogate alone: one multiply/sum per parameter, whatever the number of steps.
-    assert (
-        _graph_size(loss) == _graph_size(Reptile(mlp(), inner_lr=0.1, inner_steps=1).outer_loss(batch())) < 40
-    )
+    assert _graph_size(loss) == _graph_size(Reptile(mlp(), inner_lr=0.1, inner_steps=1).outer_loss(batch())) < 40
 
 
 def _graph_size(tensor: torch.Tensor) -> int:

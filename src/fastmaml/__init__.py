@@ -3,6 +3,7 @@
 from fastmaml import models
 from fastmaml.algorithms import MAML
 from fastmaml.tasks import Sinusoid, TaskBatch
+from fastmaml.train import TrainConfig, evaluate, fit, load
 
 __version__ = "0.1.0"
-__all__ = ["MAML", "Sinusoid", "TaskBatch", "models"]
+__all__ = ["MAML", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models"]

@@ -106,7 +106,8 @@ class MAML(nn.Module):
 
         Returns:
             losses of shape (tasks,), or (tasks, steps + 1) with ``track=True`` (before adaptation and
-            after each step); predictions of shape (tasks, query, *outputs).
+            after each step); predictions of shape (tasks, query, *outputs), or
+            (tasks, steps + 1, query, *outputs) with ``track=True``.
         """
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch")

@@ -78,10 +78,11 @@ def inner_step(
     else:
         fixed_at, at = fixed, fast
 
-    def support_loss(adapted: Params) -> Tensor:
+    def support_loss(adapted: Params, buffers: Params) -> Tensor:
         return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y, step)
 
-    grads = torch.func.grad(support_loss)(at)
+    # Buffers enter as an argument, not a capture: modules may update them in place (num_batches_tracked).
+    grads = torch.func.grad(support_loss)(at, buffers)
     return {**fixed, **spec.rule.update(fast, grads, rule_state, step)}
 
 
@@ -108,16 +109,18 @@ def task_loss(
 ) -> tuple[Tensor, Tensor]:
     """Adapt on the support set and return the query loss and query predictions of one task.
 
-    With ``track=True`` the loss is a ``(steps + 1,)`` vector: the query loss before adaptation and after
-    each inner step (MAML++'s multi-step loss and the evaluation curves use it).
+    With ``track=True`` the loss is a ``(steps + 1,)`` vector and the predictions gain a leading
+    ``steps + 1`` dimension: before adaptation and after each inner step (MAML++'s multi-step loss and
+    the evaluation curves use them).
     """
-    losses = []
+    losses, predictions = [], []
     for step in range(steps):
         if track:
-            losses.append(loss_of(spec, params, buffers, query_x, query_y, step))
+            predictions.append(forward(spec, params, buffers, query_x, step))
+            losses.append(spec.loss_fn(predictions[-1], query_y))
         params = inner_step(spec, params, buffers, rule_state, support_x, support_y, step)
     prediction = forward(spec, params, buffers, query_x, steps)
     loss = spec.loss_fn(prediction, query_y)
     if not track:
         return loss, prediction
-    return torch.stack([*losses, loss]), prediction
+    return torch.stack([*losses, loss]), torch.stack([*predictions, prediction])

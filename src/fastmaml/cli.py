@@ -1,0 +1,111 @@
+"""The ``fastmaml`` command: argument parsing only; the work is in :mod:`fastmaml.train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import sys
+from pathlib import Path
+
+# Errors a user can fix from the message alone: shown as one line, exit status 2, no traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+               FloatingPointError, pickle.UnpicklingError, KeyError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastmaml", description="Fast, exact MAML-family meta-learning.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="meta-train a recipe (see `fastmaml recipes`)")
+    train.add_argument("recipe", nargs="?", help="recipe name or path to a YAML file")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. inner_lr=0.1")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/RECIPE)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser("eval", help="meta-test a finished run on fresh tasks")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's eval_tasks)")
+    evaluate.add_argument("--steps", type=int, help="inner steps at test (default: the run's eval_inner_steps)")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    plot = commands.add_parser("plot", help="draw a run's adaptation panel and learning curve (PNG)")
+    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/plot.png)")
+
+    commands.add_parser("recipes", help="list the built-in recipes")
+    return parser
+
+
+def _summary(results: dict) -> str:
+    from fastmaml.train.evaluate import format_table
+
+    metric = "accuracy" if all("accuracy" in r for r in results.values()) else "loss"
+    return format_table(results, metric)
+
+
+def _require_cli_extra() -> None:
+    try:
+        import tqdm  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError:
+        raise ImportError("fastmaml's command line needs PyYAML and tqdm: pip install 'fastmaml[cli]'") from None
+
+
+def run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    _require_cli_extra()
+    from fastmaml.train import config as cfg
+    from fastmaml.train import run as runs
+
+    if args.command == "recipes":
+        for name in cfg.recipe_names():
+            print(f"{name:<20} {cfg.recipe_summary(name)}")
+        return 0
+    if args.command == "train":
+        if args.resume is not None:
+            if args.recipe or args.overrides:
+                raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
+            results = runs.train(None, args.resume, resume=True, progress=not args.no_progress)
+        else:
+            if args.recipe is None:
+                raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
+            if "=" in args.recipe:
+                raise ValueError(f"{args.recipe!r} looks like an override; put the recipe name first")
+            config = cfg.resolve(args.recipe, args.overrides)
+            out = args.out or Path("runs") / Path(args.recipe).stem
+            results = runs.train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
+            print(f"run folder: {out}")
+        if results:
+            print(_summary(results))
+        return 0
+    if args.command == "eval":
+        results = runs.evaluate_run(args.run_dir, args.tasks, args.steps)
+        print(json.dumps(results, indent=1) if args.json else _summary(results))
+        return 0
+    if args.command == "plot":
+        from fastmaml.plot import plot_run
+
+        print(plot_run(args.run_dir, args.out))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        print("fastmaml: interrupted", file=sys.stderr)
+        return 130
+    except (*USER_ERRORS, ImportError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        print(f"fastmaml: error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""``fm.fit``: the one-call meta-trainer for a user's own model and task distribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fastmaml.algorithms.maml import MAML
+from fastmaml.train.loop import make_step, meta_train
+
+
+def fit(
+    model: nn.Module,
+    tasks,
+    outer_lr: float = 1e-3,
+    inner_lr: float = 0.01,
+    inner_steps: int = 5,
+    meta_batch_size: int = 25,
+    iterations: int = 1000,
+    first_order: bool = False,
+    optimizer: type[torch.optim.Optimizer] | torch.optim.Optimizer = torch.optim.Adam,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    seed: int = 0,
+    execution: str = "auto",
+    compile: bool = False,
+    log_every: int = 100,
+    metrics_path: str | Path | None = None,
+    progress: bool = True,
+    **optimizer_options,
+) -> MAML:
+    """Meta-train ``model`` on ``tasks`` with MAML and return the trained ``MAML`` object.
+
+    Args:
+        model: any ``nn.Module``; it is trained in place (it is the MAML initialisation).
+        tasks: a task distribution: anything with ``sample_tasks(tasks, generator) -> TaskBatch``.
+        optimizer: a ``torch.optim`` class (built with ``lr=outer_lr`` and ``optimizer_options``, e.g.
+            ``momentum=0.9`` for SGD) or an optimizer already built over ``model.parameters()``.
+        seed: seeds the task stream: the same seed gives the same tasks.
+
+    Example:
+        >>> import fastmaml as fm
+        >>> maml = fm.fit(fm.models.MLP([1, 40, 40, 1]), fm.Sinusoid(), iterations=10, progress=False)
+        >>> params = maml.adapt(support_x, support_y)  # doctest: +SKIP
+    """
+    if not hasattr(tasks, "sample_tasks"):
+        raise TypeError(f"tasks is a {type(tasks).__name__}; pass a task distribution with "
+                        "sample_tasks(tasks, generator), e.g. fm.Sinusoid()")
+    if iterations < 0 or meta_batch_size < 1:
+        raise ValueError(f"iterations={iterations}, meta_batch_size={meta_batch_size}; use iterations >= 0 "
+                         "and meta_batch_size >= 1")
+    maml = MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order, loss_fn=loss_fn,
+                execution=execution)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        outer = optimizer
+    elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
+        outer = optimizer(maml.parameters(), lr=outer_lr, **optimizer_options)
+    else:
+        raise TypeError(f"optimizer={optimizer!r}; pass a torch.optim class such as torch.optim.SGD, or an optimizer")
+    meta_train(
+        maml, outer, tasks, torch.Generator().manual_seed(seed), iterations=iterations,
+        meta_batch_size=meta_batch_size, step=make_step(maml, compile), log_every=log_every,
+        metrics_path=Path(metrics_path) if metrics_path else None, progress=progress,
+    )
+    return maml

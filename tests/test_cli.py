@@ -1,0 +1,52 @@
+"""The command line: user errors are one line on stderr, exit status 2, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fastmaml.cli import main
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "sinusoid", "inner_lr=-1"], "inner_lr=-1.0; it must be >= 0"),
+    (["train", "sinusoid", "bogus=1"], "unknown config key 'bogus'"),
+    (["train", "sinusoid", "data.ways=zero"], "data.ways='zero' is not a valid int"),
+    (["train", "nope"], "unknown recipe 'nope'"),
+    (["train"], "name a recipe"),
+    (["train", "inner_lr=1"], "put the recipe name first"),
+    (["train", "--resume", "/nonexistent/run"], "not a fastmaml run folder"),
+    (["eval", "/nonexistent/run"], "not a fastmaml run folder"),
+    (["train", "sinusoid", "algorithm=nope"], "unknown algorithm 'nope'"),
+    (["train", "sinusoid", "optimizer=lbfgs"], "use one of adam, sgd, rmsprop"),
+    (["train", "sinusoid", "model.name=conv4"], "takes images"),
+])
+def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "run")] if argv[:1] == ["train"] and "--resume" not in argv
+                else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastmaml: error: ") and match in err and err.count("\n") == 1
+
+
+def test_train_eval_plot_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "sinusoid", "iterations=10", "log_every=5", "baseline_iterations=5", "eval_tasks=10",
+            "eval_inner_steps=2", "compile=false", "threads=0", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert "maml" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["eval", str(out), "--json", "--tasks", "5"]) == 0
+    assert '"maml"' in capsys.readouterr().out
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(out)]) == 0
+    assert (out / "plot.png").stat().st_size > 10_000
+    assert main(["recipes"]) == 0
+    assert "sinusoid" in capsys.readouterr().out
+
+
+def test_console_script_shows_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fastmaml.cli", "train", "sinusoid", "inner_steps=-2"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "inner_steps=-2" in result.stderr

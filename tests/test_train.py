@@ -1,0 +1,118 @@
+"""The training loop, fit/load, run folders and the evaluation protocol."""
+
+import json
+
+import pytest
+import torch
+
+import fastmaml as fm
+from fastmaml.train import config as cfg
+from fastmaml.train import run as runs
+from fastmaml.train.evaluate import mean_ci95
+from fastmaml.train.loop import meta_train
+
+
+def test_pinned_first_losses():
+    """A tiny seeded sinusoid run; these values changing means the training semantics changed."""
+    torch.manual_seed(0)
+    maml = fm.MAML(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01)
+    state = meta_train(maml, torch.optim.Adam(maml.parameters(), 1e-3), fm.Sinusoid(),
+                       torch.Generator().manual_seed(0), iterations=5, meta_batch_size=5, log_every=1,
+                       progress=False)
+    losses = [h["loss"] for h in state.history]
+    assert losses == pytest.approx([2.4942834, 7.1278930, 4.6772332, 2.7551589, 1.6207726], rel=1e-4)
+
+
+def test_same_seed_same_tasks_and_losses():
+    a = fm.Sinusoid().sample_tasks(7, torch.Generator().manual_seed(3))
+    b = fm.Sinusoid().sample_tasks(7, torch.Generator().manual_seed(3))
+    c = fm.Sinusoid().sample_tasks(7, torch.Generator().manual_seed(4))
+    assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors()))
+    assert not torch.equal(a.support_x, c.support_x)
+
+    def run():
+        torch.manual_seed(1)
+        return fm.fit(fm.models.MLP([1, 8, 1]), fm.Sinusoid(), iterations=3, meta_batch_size=4, seed=5,
+                      progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(run().parameters(), run().parameters()))
+
+
+def test_sinusoid_matches_the_paper_ranges():
+    batch = fm.Sinusoid(shots=10).sample_tasks(2000, torch.Generator().manual_seed(0))
+    amplitude = batch.support_y.abs().amax(dim=(1, 2))
+    assert batch.support_x.min() >= -5 and batch.support_x.max() <= 5
+    assert amplitude.max() <= 5.0 and batch.support_x.shape == (2000, 10, 1) and batch.query_x.shape == (2000, 10, 1)
+
+
+@pytest.mark.parametrize("optimizer, options", [(torch.optim.SGD, {"momentum": 0.9}), (torch.optim.RMSprop, {}),
+                                                (torch.optim.Adam, {})])
+def test_fit_with_any_optimizer_reduces_the_outer_loss(optimizer, options):
+    torch.manual_seed(0)
+    lr = 1e-2 if optimizer is not torch.optim.RMSprop else 1e-3
+    maml = fm.fit(fm.models.MLP([1, 40, 40, 1]), fm.Sinusoid(), outer_lr=lr, inner_steps=1, iterations=300,
+                  optimizer=optimizer, progress=False, log_every=100, **options)
+    batch = fm.Sinusoid().sample_tasks(200, torch.Generator().manual_seed(99))
+    fresh = fm.MAML(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01)
+    assert maml.outer_loss(batch).item() < 0.8 * fresh.outer_loss(batch).item()
+
+
+def test_mean_ci95():
+    mean, ci = mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and ci == pytest.approx(1.96 * 1.2909944 / 2)
+
+
+def small_config(**overrides):
+    base = ["iterations=20", "log_every=10", "baseline_iterations=20", "eval_tasks=20", "meta_batch_size=4",
+            "compile=false", "threads=0"]
+    return cfg.resolve("sinusoid", base + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_run_folder_evaluation_and_load(tmp_path):
+    results = runs.train(small_config(), tmp_path / "run", progress=False)
+    assert set(results) == {"maml", "pretrained", "scratch"}
+    assert len(results["maml"]["loss"]) == 11 and results["maml"]["tasks"] == 20
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "baselines.pt", "eval.json"} <= files
+    assert cfg.load(tmp_path / "run" / "config.yaml") == small_config()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [10, 20]
+    maml = fm.load(tmp_path / "run")
+    batch = fm.Sinusoid().sample_tasks(1, torch.Generator().manual_seed(0))
+    params = maml.adapt(batch.support_x[0], batch.support_y[0])
+    assert maml.predict(params, batch.query_x[0]).shape == (10, 1)
+    again = runs.evaluate_run(tmp_path / "run")
+    assert again["maml"]["loss"][1] == results["maml"]["loss"][1]
+
+
+def test_existing_run_folder_is_refused_and_untouched(tmp_path):
+    runs.train(small_config(), tmp_path / "run", progress=False, evaluate_at_end=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        runs.train(small_config(), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_config_overrides_and_errors():
+    config = cfg.resolve("sinusoid", ["data.shots=5", "model.hidden=[20, 20]", "inner_lr=1"])
+    assert config.data.shots == 5 and config.model.hidden == (20, 20) and config.inner_lr == 1.0
+    with pytest.raises(ValueError, match="did you mean inner_lr"):
+        cfg.resolve("sinusoid", ["iner_lr=0.1"])
+    with pytest.raises(ValueError, match="valid keys: data.name"):
+        cfg.resolve("sinusoid", ["data.bogus=1"])
+    with pytest.raises(ValueError, match="inner_steps=-1"):
+        cfg.resolve("sinusoid", ["inner_steps=-1"])
+    with pytest.raises(ValueError, match="not a valid int"):
+        cfg.resolve("sinusoid", ["iterations=1.5"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        cfg.resolve("sinusoidd")
+    with pytest.raises(ValueError, match="not key=value"):
+        cfg.resolve("sinusoid", ["inner_lr"])
+
+
+def test_every_recipe_resolves():
+    names = cfg.recipe_names()
+    assert names == ["miniimagenet-5w1s", "miniimagenet-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s",
+                     "omniglot-5w5s", "sinusoid"]
+    for name in names:
+        assert isinstance(cfg.resolve(name), cfg.TrainConfig)
+        assert cfg.recipe_summary(name)
