@@ -51,13 +51,12 @@ def test_build_rejects_unknown_names_and_foreign_options():
 
 
 def test_build_takes_the_trainers_common_options_for_every_algorithm():
-    """None means the algorithm's default; first_order=True is redundant, not wrong, for fomaml."""
+    """None means the algorithm's default; fomaml, reptile and imaml are first-order whatever first_order says."""
     for name in NAMES:
-        algo = build(name, mlp(), inner_lr=0.1, inner_steps=2, execution="loop", first_order=None, head=None)
+        algo = build(name, mlp(), inner_lr=0.1, inner_steps=2, execution="loop", first_order=False, head=None)
         assert algo.inner_steps == 2
-    assert build("fomaml", mlp(), first_order=True).first_order
-    with pytest.raises(ValueError, match="first_order=False but reptile's inner loop is first-order by definition"):
-        build("reptile", mlp(), first_order=False)
+        if name != "mamlpp":  # MAML++ starts first-order by its derivative-order annealing
+            assert algo.first_order is (name in ("fomaml", "reptile", "imaml"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -78,6 +77,18 @@ def test_vmap_and_loop_paths_agree(name):
     assert_close(results[0][0], results[1][0])
     assert_close(results[0][1], results[1][1])
     assert any(g.abs().sum() > 0 for g in results[0][0].values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_algorithm_runs_batchnorm_with_running_stats_and_never_writes_them(name):
+    model = bn_mlp(track=True)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    algo = build(name, model, inner_lr=0.1, inner_steps=2)
+    algo.outer_loss(batch()).backward()
+    for mode in (True, False):
+        algo.train(mode)
+        algo.task_losses(batch(seed=1), track=True)
+    assert all(torch.equal(before[n], b) for n, b in model.named_buffers())
 
 
 # -- FOMAML --------------------------------------------------------------------------------------------

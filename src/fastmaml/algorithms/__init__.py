@@ -42,8 +42,9 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
     """The algorithm ``name`` around ``model``, configured by ``kwargs``.
 
     An option given as ``None`` that the algorithm does not take is dropped (``None`` means "the
-    algorithm's default" everywhere). ``first_order`` given to an algorithm whose order is fixed
-    (fomaml, reptile, imaml: first-order inner loop by definition) is accepted when ``True``.
+    algorithm's default" everywhere). ``first_order`` is accepted by every algorithm, since the trainer's
+    config sets it for all, and ignored by those whose inner loop is first-order by definition
+    (fomaml, reptile, imaml; ``algo.first_order`` is True for them).
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or an option the algorithm does
@@ -58,13 +59,8 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     valid = options(name)
     kwargs = {key: value for key, value in kwargs.items() if key in valid or value is not None}
-    if name in FIXED_FIRST_ORDER and kwargs.get("first_order") is True:
-        del kwargs["first_order"]
-    if name in FIXED_FIRST_ORDER and "first_order" in kwargs:
-        raise ValueError(
-            f"first_order={kwargs['first_order']!r} but {name}'s inner loop is first-order by definition; "
-            "leave first_order unset, or use maml / mamlpp for second order"
-        )
+    if name in FIXED_FIRST_ORDER:
+        kwargs.pop("first_order", None)
     for key in kwargs:
         if key not in valid:
             owners = [other for other in ALGORITHMS if key in options(other)]

@@ -104,29 +104,27 @@ class IMAML(MAML):
     def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None) -> Tensor:
         """Mean query loss whose ``.backward()`` leaves the mean implicit meta-gradient in ``.grad``."""
         if not isinstance(batch, TaskBatch):
-            raise TypeError(
-                f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch"
-            )
+            raise TypeError(f"expected a fastmaml.TaskBatch, got {type(batch).__name__}; wrap the tensors in TaskBatch")
         steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
         params, buffers, anchor = self.functional_state()
         self._check_model_accepts(batch, params, buffers)
         spec, names, lam = self.spec(), tuple(params), self.lam
 
-        def per_task(
-            support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
-        ) -> tuple[Tensor, ...]:
+        def per_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> tuple[Tensor, ...]:
             phi = inner.adapt(spec, anchor, buffers, anchor, support_x, support_y, steps)
-            query_grad, loss = torch.func.grad_and_value(
-                lambda p: inner.loss_of(spec, p, buffers, query_x, query_y, steps)
-            )(phi)
+
+            def loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
+                # A private copy of the buffers: a module may update them in place (num_batches_tracked),
+                # which the transforms below refuse for captured tensors.
+                return inner.loss_of(spec, p, {n: b.clone() for n, b in buffers.items()}, x, y)
+
+            query_grad, query_loss = torch.func.grad_and_value(loss)(phi, query_x, query_y)
             # H v by reverse-over-reverse at phi; the vjp is built once and reused by every CG step.
-            _, hvp = torch.func.vjp(
-                torch.func.grad(lambda p: inner.loss_of(spec, p, buffers, support_x, support_y)), phi
-            )
+            _, hvp = torch.func.vjp(lambda p: torch.func.grad(loss)(p, support_x, support_y), phi)
             g = conjugate_gradient(
                 lambda v: {n: v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad, self.cg_steps
             )
-            return (loss, *(g[n] for n in names))
+            return (query_loss, *(g[n] for n in names))
 
         # No outer graph: the meta-gradient is computed here, so memory is independent of inner_steps.
         with torch.no_grad(), exact_batch_norm(self.exact_bn):
