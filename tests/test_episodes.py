@@ -29,7 +29,7 @@ def test_shapes_and_labels():
     assert batch.support_y.dtype == torch.int64 and batch.query_y.dtype == torch.int64
     assert batch.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert batch.query_y[3].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
-    assert (tasks.channels, tasks.image_size, tasks.num_classes) == (1, (4, 4), 10)
+    assert (tasks.channels, tasks.image_size, tasks.image_shape, tasks.num_classes) == (1, 4, (1, 4, 4), 10)
 
 
 def test_each_way_is_one_class_with_distinct_images():

@@ -99,8 +99,15 @@ class EpisodicTasks:
         return self.images.shape[1]
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.images.shape[2], self.images.shape[3])
+    def image_size(self) -> int | tuple[int, int]:
+        """The side of square images (every reader's), else (H, W)."""
+        height, width = self.images.shape[2:]
+        return height if height == width else (height, width)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one example."""
+        return tuple(self.images.shape[1:])
 
     def _check_split(self) -> None:
         if self.ways > self.num_classes:
