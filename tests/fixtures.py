@@ -55,5 +55,6 @@ def image_folder(root: Path, classes: int, per_class: int = 5, size: int = 12, m
         folder = root / f"class_{c}"
         folder.mkdir(parents=True)
         for i in range(per_class):
-            Image.new(mode, (size, size), (20 * c,) * len(mode)).save(folder / f"{i}.png" if i % 2 else folder / f"{i}.JPG")
+            name = f"{i}.png" if i % 2 else f"{i}.JPG"  # upper-case suffixes count too
+            Image.new(mode, (size, size), (20 * c,) * len(mode)).save(folder / name)
     return root

@@ -33,7 +33,7 @@ def test_colour_folder_with_split_folders_and_resize(tmp_path):
     assert images.shape == (28, 3, 8, 8)
     assert names[:4] == ["train/class_0", "train/class_1", "train/class_2", "val/class_0"]
     assert {s: ids.tolist() for s, ids in split_ids.items()} == {"train": [0, 1, 2], "val": [3, 4], "test": [5, 6]}
-    tasks = episodic_tasks("folder", root, "val", ways=2, shots=1, query_shots=3, image_size=8, cache_dir=tmp_path / "c")
+    tasks = episodic_tasks("folder", root, "val", 2, 1, 3, image_size=8, cache_dir=tmp_path / "c")
     batch = tasks.sample_tasks(4, torch.Generator().manual_seed(0))
     assert batch.query_x.shape == (4, 6, 3, 8, 8) and 0.0 <= batch.query_x.min() and batch.query_x.max() <= 1.0
     assert (tasks.channels, tasks.image_size, tasks.num_classes) == (3, 8, 2)

@@ -60,7 +60,7 @@ def test_entry_point_splits_share_one_cached_array(root, tmp_path, monkeypatch):
 
 
 def test_bad_layouts_raise_one_line_errors(root, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"has no images/ folder; mini-ImageNet must be laid out as ROOT/train.csv"):
+    with pytest.raises(FileNotFoundError, match=r"has no images/ folder; mini-ImageNet must be laid out as ROOT/train"):
         miniimagenet.load(tmp_path / "nowhere", cache_dir=tmp_path / "c")
     (root / "val.csv").write_text("file,class\na.jpg,n1\n")
     with pytest.raises(ValueError, match="must start with the header 'filename,label'"):

@@ -78,7 +78,8 @@ def test_corrupt_image_error_names_the_file(root, tmp_path):
 
 
 def test_wrong_root_names_the_layout_and_the_official_zips(tmp_path):
-    with pytest.raises(FileNotFoundError, match="images_background.zip and images_evaluation.zip from github.com/brendenlake/omniglot"):
+    official = "images_background.zip and images_evaluation.zip from github.com/brendenlake/omniglot"
+    with pytest.raises(FileNotFoundError, match=official):
         omniglot.load_omniglot(tmp_path, cache_dir=tmp_path / "cache")
     (tmp_path / "images_background.zip").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="found images_background.zip there: unzip it"):
@@ -122,7 +123,7 @@ def test_entry_point_shares_one_decoded_tensor_across_splits(root, tmp_path, mon
 def test_real_omniglot_images_and_split_sizes():
     chars = omniglot.characters(REAL)
     assert len(chars) == 1623
-    for name, folder in (chars[0], chars[1000]):
+    for _, folder in (chars[0], chars[1000]):
         path = sorted(folder.glob("*.png"))[0]
         x = omniglot.load_image(path)
         assert x.shape == (1, 28, 28) and x.dtype == torch.float32

@@ -44,7 +44,8 @@ def episodic_tasks(
             evaluation); the other data sets have one scheme and accept only the default.
 
     Example:
-        >>> tasks = episodic_tasks("omniglot", "../shared/data/omniglot", "train", 5, 1, 15, rotations=True)  # doctest: +SKIP
+        >>> root = "../shared/data/omniglot"
+        >>> tasks = episodic_tasks("omniglot", root, "train", 5, 1, 15, rotations=True)  # doctest: +SKIP
         >>> tasks.num_classes, tasks.channels, tasks.image_size  # doctest: +SKIP
         (4800, 1, 28)
     """

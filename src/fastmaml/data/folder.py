@@ -76,7 +76,8 @@ def load(
     files = [image_files(folder, EXTENSIONS) for _, folder in classes]
     empty = [name for (name, _), f in zip(classes, files) if not f]
     if empty:
-        raise FileNotFoundError(f"class folder {root / empty[0]} has no {'/'.join(EXTENSIONS)} images; add some or remove it")
+        kinds = "/".join(EXTENSIONS)
+        raise FileNotFoundError(f"class folder {root / empty[0]} has no {kinds} images; add some or remove it")
     paths = [path for f in files for path in f]
 
     def build() -> LabelledImages:
@@ -92,7 +93,8 @@ def load(
             images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
             images = images.transpose(0, 3, 1, 2)  # (N, 3, H, W)
         labels = torch.arange(len(classes)).repeat_interleave(torch.tensor([len(f) for f in files]))
-        return LabelledImages(torch.from_numpy(np.ascontiguousarray(images)), labels, [n for n, _ in classes], scale_uint8)
+        names = [name for name, _ in classes]
+        return LabelledImages(torch.from_numpy(np.ascontiguousarray(images)), labels, names, scale_uint8)
 
     settings = {"version": VERSION, "size": image_size}
     data = cached("folder", settings, root, paths, build, scale_uint8, cache_dir, compress=True)

@@ -58,7 +58,10 @@ def read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 def load(
-    root: str | os.PathLike, image_size: int = 84, cache_dir: str | os.PathLike | None = None, workers: int | None = None
+    root: str | os.PathLike,
+    image_size: int = 84,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> tuple[LabelledImages, dict[str, Tensor]]:
     """The decoded set (all three splits, cached) and the class ids of each split.
 
@@ -87,7 +90,9 @@ def load(
     paths = [os.path.join(root, "images", filename) for filename, _ in everything]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{missing[0]} (and {len(missing) - 1} more) listed in the CSV files is missing; {LAYOUT}")
+        raise FileNotFoundError(
+            f"{missing[0]} (and {len(missing) - 1} more) listed in the CSV files is missing; {LAYOUT}"
+        )
 
     def build() -> LabelledImages:
         arrays = decode_files(functools.partial(decode, image_size=image_size), paths, workers)
@@ -101,7 +106,10 @@ def load(
 
 
 def load_miniimagenet(
-    root: str | os.PathLike, image_size: int = 84, cache_dir: str | os.PathLike | None = None, workers: int | None = None
+    root: str | os.PathLike,
+    image_size: int = 84,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> tuple[Tensor, Tensor, list[str], dict[str, Tensor]]:
     """All three splits: uint8 images (N, 3, S, S), int64 labels (N,), class names (wnids), and the
     class ids of ``"train"``, ``"val"`` and ``"test"``. ``NORMALIZE(images)`` gives what a model sees.

@@ -71,7 +71,8 @@ def characters(root: str | os.PathLike) -> list[tuple[str, Path]]:
     if missing:
         zipped = [part for part in missing if (root / f"{part}.zip").is_file()]
         hint = f"; found {zipped[0]}.zip there: unzip it" if zipped else ""
-        raise FileNotFoundError(f"{root} has no {' or '.join(missing)} folder{hint}; Omniglot must be laid out as {LAYOUT}")
+        folders = " or ".join(missing)
+        raise FileNotFoundError(f"{root} has no {folders} folder{hint}; Omniglot must be laid out as {LAYOUT}")
     found = []
     for part in (BACKGROUND, EVALUATION):
         for alphabet in sorted(p for p in (root / part).iterdir() if p.is_dir()):
@@ -82,7 +83,10 @@ def characters(root: str | os.PathLike) -> list[tuple[str, Path]]:
 
 
 def load(
-    root: str | os.PathLike, image_size: int = 28, cache_dir: str | os.PathLike | None = None, workers: int | None = None
+    root: str | os.PathLike,
+    image_size: int = 28,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> LabelledImages:
     """The decoded set (cached, see :mod:`fastmaml.data.images`), as :class:`LabelledImages`."""
     image_size = _check_size(image_size)
@@ -91,7 +95,9 @@ def load(
     files = [image_files(folder, (".png",)) for _, folder in classes]
     empty = [name for (name, _), f in zip(classes, files) if not f]
     if empty:
-        raise FileNotFoundError(f"character folder {root / empty[0]} has no PNG files; Omniglot must be laid out as {LAYOUT}")
+        raise FileNotFoundError(
+            f"character folder {root / empty[0]} has no PNG files; Omniglot must be laid out as {LAYOUT}"
+        )
     paths = [path for f in files for path in f]
 
     def build() -> LabelledImages:
@@ -104,7 +110,10 @@ def load(
 
 
 def load_omniglot(
-    root: str | os.PathLike, image_size: int = 28, cache_dir: str | os.PathLike | None = None, workers: int | None = None
+    root: str | os.PathLike,
+    image_size: int = 28,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> tuple[Tensor, Tensor, list[str]]:
     """All of Omniglot: uint8 images (N, 1, S, S) with strokes high, int64 labels (N,), class names.
 
