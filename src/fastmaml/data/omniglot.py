@@ -135,8 +135,8 @@ def splits(class_names: list[str], scheme: str = "maml", seed: int = SPLIT_SEED)
     background characters, chosen by the same seeded shuffle, are held out as meta-val, leaving 864.
     """
     n = len(class_names)
-    train_classes, val_classes = MAML_SPLIT if scheme == "maml" else (None, LAKE_VAL_CLASSES)
     if scheme == "maml":
+        train_classes, val_classes = MAML_SPLIT
         if n <= train_classes + val_classes:
             raise ValueError(
                 f"the maml split needs more than {train_classes + val_classes} characters but there are {n}; "
@@ -145,12 +145,12 @@ def splits(class_names: list[str], scheme: str = "maml", seed: int = SPLIT_SEED)
         train, val, test = split_classes(n, (train_classes, val_classes, None), seed=seed)
     elif scheme == "lake":
         background = torch.tensor([i for i, name in enumerate(class_names) if name.startswith(BACKGROUND + "/")])
-        if len(background) <= val_classes or len(background) == n:
+        if len(background) <= LAKE_VAL_CLASSES or len(background) == n:
             raise ValueError(
-                f"the lake split needs more than {val_classes} background and some evaluation characters, found "
+                f"the lake split needs more than {LAKE_VAL_CLASSES} background and some evaluation characters, found "
                 f"{len(background)} of {n}; use the full Omniglot layout ({LAYOUT})"
             )
-        val, train = split_classes(background, (val_classes, None), seed=seed)
+        val, train = split_classes(background, (LAKE_VAL_CLASSES, None), seed=seed)
         test = torch.tensor([i for i in range(n) if not class_names[i].startswith(BACKGROUND + "/")])
     else:
         raise ValueError(f"split_scheme={scheme!r} is not one of ('maml', 'lake'); pick one of them")

@@ -107,7 +107,8 @@ class EpisodicTasks:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one example."""
-        return tuple(self.images.shape[1:])
+        channels, height, width = self.images.shape[1:]
+        return (channels, height, width)
 
     def _check_split(self) -> None:
         if self.ways > self.num_classes:
@@ -190,27 +191,24 @@ def _check_counts(ways: int, shots: int, query_shots: int) -> None:
 def _index_classes(labels: Tensor, classes: Sequence[int] | Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """The class ids, a padded (classes, max_count) matrix of image indices per class, and the counts."""
     present = torch.unique(labels)
-    if classes is None:
-        classes = present
-    else:
-        classes = torch.as_tensor(classes, dtype=torch.long).flatten()
-        if len(torch.unique(classes)) != len(classes):
-            raise ValueError("classes lists a class twice; pass each class id once")
-        missing = classes[~torch.isin(classes, present)]
-        if len(missing):
-            raise ValueError(f"classes {missing[:5].tolist()} have no images; pass class ids that occur in labels")
-    if len(classes) == 0:
+    ids = present if classes is None else torch.as_tensor(classes, dtype=torch.long).flatten()
+    if len(torch.unique(ids)) != len(ids):
+        raise ValueError("classes lists a class twice; pass each class id once")
+    missing = ids[~torch.isin(ids, present)]
+    if len(missing):
+        raise ValueError(f"classes {missing[:5].tolist()} have no images; pass class ids that occur in labels")
+    if len(ids) == 0:
         raise ValueError("the split has no classes; pass a non-empty list of class ids")
     # Stable sort groups image indices by label; a class's images keep their data-set order.
     order = torch.argsort(labels, stable=True)
     sorted_labels = labels[order]
-    starts = torch.searchsorted(sorted_labels, classes)
-    counts = torch.searchsorted(sorted_labels, classes, right=True) - starts
+    starts = torch.searchsorted(sorted_labels, ids)
+    counts = torch.searchsorted(sorted_labels, ids, right=True) - starts
     width = int(counts.max())
     slots = torch.arange(width)
     positions = (starts.unsqueeze(1) + slots).clamp(max=len(labels) - 1)
     index = torch.where(slots < counts.unsqueeze(1), order[positions], -1)  # (classes, width); -1 = padding
-    return classes, index, counts
+    return ids, index, counts
 
 
 def _rotated_copies(images: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
