@@ -138,3 +138,15 @@ def test_real_omniglot_images_and_split_sizes():
         "images_background/Alphabet_of_the_Magi/character10",
         "images_background/Alphabet_of_the_Magi/character17",
     ]
+
+
+def test_process_pool_decodes_the_same_and_reports_corrupt_files(root, tmp_path, monkeypatch):
+    serial, _, _ = omniglot.load_omniglot(root, cache_dir=tmp_path / "serial", workers=1)
+    images_module._MEMORY.clear()
+    monkeypatch.setattr(images_module, "POOL_MIN_FILES", 1)
+    pooled, _, _ = omniglot.load_omniglot(root, cache_dir=tmp_path / "pooled", workers=2)
+    assert torch.equal(serial, pooled)
+    images_module._MEMORY.clear()
+    (root / "images_background/Greek/character02/0002_04.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ValueError, match=r"cannot read image .*Greek/character02/0002_04\.png"):
+        omniglot.load_omniglot(root, cache_dir=tmp_path / "third", workers=2)
