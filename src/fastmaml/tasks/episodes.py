@@ -24,9 +24,9 @@ def scale_uint8(images: Tensor) -> Tensor:
 class EpisodicTasks:
     """N-way K-shot classification tasks from images ``(N, C, H, W)`` and integer labels ``(N,)``.
 
-    The images are shared, never copied per split: ``classes`` names the label values this task
-    distribution draws from (e.g. the meta-train classes), so meta-train, meta-val and meta-test
-    samplers can all hold the same tensor.
+    The images are shared, not copied per split (only ``rotations`` makes copies): ``classes`` names
+    the label values this task distribution draws from (e.g. the meta-train classes), so meta-train,
+    meta-val and meta-test samplers can all hold the same tensor.
 
     Args:
         images: (N, C, H, W), float (used as given: already normalised) or uint8 (passed through
