@@ -51,12 +51,16 @@ def test_build_rejects_unknown_names_and_foreign_options():
 
 
 def test_build_takes_the_trainers_common_options_for_every_algorithm():
-    """None means the algorithm's default; fomaml, reptile and imaml are first-order whatever first_order says."""
+    """None means the algorithm's default; fomaml, reptile and imaml are first-order and refuse first_order=False."""
     for name in NAMES:
-        algo = build(name, mlp(), inner_lr=0.1, inner_steps=2, execution="loop", first_order=False, head=None)
+        algo = build(name, mlp(), inner_lr=0.1, inner_steps=2, execution="loop", first_order=None, head=None)
         assert algo.inner_steps == 2
         if name != "mamlpp":  # MAML++ starts first-order by its derivative-order annealing
             assert algo.first_order is (name in ("fomaml", "reptile", "imaml"))
+        if name in ("fomaml", "reptile", "imaml"):
+            assert build(name, mlp(), first_order=True).first_order
+            with pytest.raises(ValueError, match="first-order by definition"):
+                build(name, mlp(), first_order=False)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -43,8 +43,8 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
 
     An option given as ``None`` that the algorithm does not take is dropped (``None`` means "the
     algorithm's default" everywhere). ``first_order`` is accepted by every algorithm, since the trainer's
-    config sets it for all, and ignored by those whose inner loop is first-order by definition
-    (fomaml, reptile, imaml; ``algo.first_order`` is True for them).
+    config may set it for all; those whose inner loop is first-order by definition (fomaml, reptile,
+    imaml; ``algo.first_order`` is True for them) accept ``True`` and refuse ``False``.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or an option the algorithm does
@@ -60,7 +60,8 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
     valid = options(name)
     kwargs = {key: value for key, value in kwargs.items() if key in valid or value is not None}
     if name in FIXED_FIRST_ORDER:
-        kwargs.pop("first_order", None)
+        if kwargs.pop("first_order", None) is False:
+            raise ValueError(f"{name} is first-order by definition; drop first_order=false or use algorithm=maml")
     for key in kwargs:
         if key not in valid:
             owners = [other for other in ALGORITHMS if key in options(other)]
