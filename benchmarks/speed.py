@@ -34,7 +34,7 @@ WORKLOADS = {
     "conv-stride": dict(tasks=32, ways=5, shots=1, query_shots=15, inner_lr=0.4, pool="stride"),
     "conv-max": dict(tasks=32, ways=5, shots=1, query_shots=15, inner_lr=0.4, pool="max"),
 }
-IMPLS = ("fastmaml-step", "fastmaml-loop", "fastmaml-vmap", "fastmaml-compiled", "fastmaml-auto", "learn2learn", "higher")
+IMPLS = ("fastmaml-step", "fastmaml-loop", "fastmaml-vmap", "fastmaml-compiled", "learn2learn", "higher")
 
 
 # -- one configuration, in its own process ---------------------------------------------------------
@@ -82,10 +82,10 @@ def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bo
             step = CompiledOuterStep(maml)
             return maml, lambda: step(batch)
         if execution == "step":
-            from fastmaml.core.compiled import OuterStep
+            from fastmaml.core.compiled import outer_step
 
             maml = fm.MAML(model, inner_lr, 1, first_order, loss_fn)
-            step = OuterStep(maml, "loop")
+            step = outer_step(maml)  # the trainer's path: loop for convolutions, compiled otherwise
             return maml, lambda: step(batch)
         maml = fm.MAML(model, inner_lr, 1, first_order, loss_fn, execution=execution)
 
@@ -205,7 +205,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--malloc", default="both", choices=["default", "tuned", "both"])
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per config before giving up")
-    parser.add_argument("--skip-compiled-conv", action="store_true", help="compiled path on the MLP only")
+    parser.add_argument("--compiled-conv", action="store_true",
+                        help="also compile Conv-4 (the loop over tasks unrolls: minutes of compilation)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -220,7 +221,7 @@ def main() -> None:
             for malloc in mallocs:
                 rows = {}
                 for impl in args.impls:
-                    if impl == "fastmaml-compiled" and workload != "sinusoid" and args.skip_compiled_conv:
+                    if impl == "fastmaml-compiled" and workload != "sinusoid" and not args.compiled_conv:
                         continue
                     spec = dict(workload=workload, impl=impl, first_order=order == "first", iters=args.iters,
                                 warmup=args.warmup, threads=args.threads)
