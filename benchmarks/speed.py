@@ -143,7 +143,8 @@ def worker(spec: dict) -> dict:
     model, batch, loss_fn = make_problem(spec["workload"])
     owner, step = make_step(spec["impl"], model, batch, loss_fn, WORKLOADS[spec["workload"]]["inner_lr"],
                             spec["first_order"])
-    opt = torch.optim.Adam(owner.parameters(), lr=1e-3)
+    # Fused Adam for every implementation: 48 instead of 158 us per step on the MLP, same update.
+    opt = torch.optim.Adam(owner.parameters(), lr=1e-3, fused=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, cpu_times, first_loss = [], [], None
     start = time.perf_counter()

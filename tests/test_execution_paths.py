@@ -67,7 +67,7 @@ PATHS = {
     "vmap": ("vmap", via_outer_loss),
     "auto": ("auto", via_outer_loss),
     "step-loop": ("auto", functools.partial(via_step, "loop")),
-    "step-vmap": ("vmap", functools.partial(via_step, "vmap")),
+    "step-outer-loss": ("vmap", functools.partial(via_step, "outer_loss")),
 }
 
 
@@ -121,6 +121,22 @@ def test_auto_picks_loop_for_convolutions_and_vmap_otherwise():
     assert isinstance(outer_step(fm.MAML(mlp)), CompiledOuterStep)
     with pytest.raises(ValueError, match="pick one of"):
         outer_step(maml, "fast")
+
+
+class WeightedMAML(fm.MAML):
+    def outer_loss(self, batch, inner_steps=None):
+        return 2 * super().outer_loss(batch, inner_steps)
+
+
+def test_algorithms_that_override_the_loss_get_the_outer_loss_path():
+    conv, batch = conv_problem("stride")
+    maml = WeightedMAML(conv, LR, 1, False, F.cross_entropy)
+    step = outer_step(maml)
+    assert step.execution == "outer_loss"
+    loss = step(batch)
+    torch.testing.assert_close(loss, maml.outer_loss(batch).detach())
+    with pytest.raises(ValueError, match="overrides the outer loss"):
+        OuterStep(maml, "loop")
 
 
 class ItemModel(nn.Module):

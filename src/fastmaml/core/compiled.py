@@ -1,16 +1,17 @@
 """Outer steps: one call computes the mean query loss and writes the meta-gradient into ``.grad``.
 
-``step = OuterStep(maml); loss = step(batch)`` leaves in ``p.grad`` (accumulated, as ``backward`` does)
-for every ``p`` in ``maml.parameters()`` exactly what ``maml.outer_loss(batch).backward()`` leaves, by
-the fastest path measured for the workload (benchmarks/RESULTS.md):
+``step = outer_step(maml); loss = step(batch)`` leaves in ``p.grad`` (accumulated, as ``backward`` does)
+for every ``p`` in ``maml.parameters()`` what ``maml.outer_loss(batch).backward()`` leaves, by the
+fastest path measured for the workload (benchmarks/RESULTS.md):
 
 - ``"loop"``: tasks one at a time, each task's graph freed by its own backward right away, so the peak
   memory is one task's graph (as learn2learn's per-task ``backward``) instead of the meta-batch's.
-- ``"vmap"``: ``maml.outer_loss(batch).backward()``, all tasks in one vmapped graph.
+- ``"outer_loss"``: ``maml.outer_loss(batch).backward()``, one graph over the meta-batch, mapped as
+  ``maml``'s ``execution`` says (vmap or loop); the only path for algorithms that override the loss.
 - ``"compiled"`` (:class:`CompiledOuterStep`): ``torch.compile(torch.func.grad_and_value(pure_fn))``
   of a pure function of (params, rule state, buffers, batch tensors).
 
-All three run :func:`fastmaml.core.inner.task_loss`, the one per-task function.
+All run :func:`fastmaml.core.inner.task_loss`, the one per-task function.
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ from fastmaml.core.execution import has_conv, run_loop, run_vmap
 from fastmaml.core.params import Params
 from fastmaml.tasks.batch import TaskBatch
 
-StepExecution = Literal["auto", "loop", "vmap", "compiled"]
-STEP_EXECUTIONS = ("auto", "loop", "vmap", "compiled")
+StepExecution = Literal["auto", "loop", "outer_loss", "compiled"]
+STEP_EXECUTIONS = ("auto", "loop", "outer_loss", "compiled")
+
+
+def plain_outer_loss(maml) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``maml``'s outer loss is MAML's mean of ``task_loss`` (not overridden by a subclass)."""
+    return all(getattr(type(maml), name).__qualname__ == f"MAML.{name}" for name in ("outer_loss", "task_losses"))
 
 
 def _accumulate(tensors: list[Tensor], grads: tuple[Tensor | None, ...]) -> None:
@@ -44,12 +50,12 @@ def _accumulate(tensors: list[Tensor], grads: tuple[Tensor | None, ...]) -> None
 
 
 class OuterStep:
-    """One meta-iteration's forward and backward for a :class:`fastmaml.MAML`, by the loop or by vmap.
+    """One meta-iteration's forward and backward for a :class:`fastmaml.MAML`.
 
     Args:
         maml: the meta-learner; its parameters receive the gradient.
         execution: ``"loop"`` (tasks one at a time, each graph freed by its own backward: the peak
-            memory is one task's graph) or ``"vmap"`` (``maml.outer_loss(batch).backward()``).
+            memory is one task's graph) or ``"outer_loss"`` (``maml.outer_loss(batch).backward()``).
 
     Example:
         >>> step = OuterStep(maml, "loop")
@@ -57,15 +63,17 @@ class OuterStep:
         >>> optimizer.step()
     """
 
-    def __init__(self, maml, execution: Literal["loop", "vmap"] = "loop") -> None:  # type: ignore[no-untyped-def]
-        if execution not in ("loop", "vmap"):
-            raise ValueError(f"execution={execution!r}; OuterStep runs 'loop' or 'vmap' (use outer_step for the rest)")
+    def __init__(self, maml, execution: Literal["loop", "outer_loss"] = "loop") -> None:  # type: ignore[no-untyped-def]
+        if execution not in ("loop", "outer_loss"):
+            raise ValueError(f"execution={execution!r}; OuterStep runs 'loop' or 'outer_loss' (outer_step: the rest)")
+        if execution == "loop" and not plain_outer_loss(maml):
+            raise ValueError(f"{type(maml).__name__} overrides the outer loss; use execution='outer_loss'")
         self.maml = maml
         self.execution = execution
 
     def __call__(self, batch: TaskBatch) -> Tensor:
         """Mean query loss (detached); the meta-gradient is accumulated into the parameters' ``.grad``."""
-        if self.execution == "vmap":
+        if self.execution == "outer_loss":
             loss = self.maml.outer_loss(batch)
             loss.backward()
             return loss.detach()
@@ -92,6 +100,7 @@ class CompiledOuterStep:
     :func:`fastmaml.core.inner.task_loss` over tasks, mapped the way ``maml``'s execution resolved: the
     first call runs eagerly (``maml.outer_loss(batch).backward()``), which settles ``execution="auto"``,
     and later calls run compiled (compilation happens on the second call and takes tens of seconds).
+    ``compile_kwargs`` go to ``torch.compile`` (default: ``options={"cpp_wrapper": True}``).
     If compilation fails (no C++ compiler, an op dynamo cannot trace) it warns once and stays eager.
 
     Example:
@@ -102,9 +111,14 @@ class CompiledOuterStep:
 
     def __init__(self, maml, **compile_kwargs) -> None:  # type: ignore[no-untyped-def]
         self.maml = maml
+        # The C++ wrapper calls the generated kernels without Python in between: 0.57 -> 0.44 ms for
+        # the sinusoid MLP's step (25 tasks), whose kernels are a few microseconds each.
+        compile_kwargs.setdefault("options", {"cpp_wrapper": True})
         self.compile_kwargs = compile_kwargs
         self._compiled = None
-        self._eager = OuterStep(maml, "vmap")  # outer_loss + backward, whatever maml.mapper runs
+        if not plain_outer_loss(maml):
+            raise ValueError(f"{type(maml).__name__} overrides the outer loss; use OuterStep(maml, 'outer_loss')")
+        self._eager = OuterStep(maml, "outer_loss")
         self.execution = "compiled"
 
     def _build(self):  # type: ignore[no-untyped-def]
@@ -150,7 +164,8 @@ class CompiledOuterStep:
 
 def outer_step(maml, execution: StepExecution = "auto") -> OuterStep | CompiledOuterStep:  # type: ignore[no-untyped-def]
     """The outer step for ``maml``: ``"auto"`` is the loop for convolutional models and the compiled
-    step otherwise (the fastest measured on each; benchmarks/RESULTS.md).
+    step otherwise (the fastest measured on each; benchmarks/RESULTS.md), and ``outer_loss`` for
+    algorithms that override the outer loss.
 
     Example:
         >>> step = outer_step(maml)
@@ -159,7 +174,10 @@ def outer_step(maml, execution: StepExecution = "auto") -> OuterStep | CompiledO
     if execution not in STEP_EXECUTIONS:
         raise ValueError(f"execution={execution!r} is not one of {STEP_EXECUTIONS}; pick one of them")
     if execution == "auto":
-        execution = "loop" if has_conv(maml.model) else "compiled"
+        if not plain_outer_loss(maml):
+            execution = "outer_loss"
+        else:
+            execution = "loop" if has_conv(maml.model) else "compiled"
     if execution == "compiled":
         return CompiledOuterStep(maml)
     return OuterStep(maml, execution)
