@@ -41,11 +41,20 @@ def eager_step(algorithm: nn.Module) -> Step:
 
 
 def make_step(algorithm: nn.Module, compile: bool) -> Step:
-    if not compile:
-        return eager_step(algorithm)
-    from fastmaml.core.compiled import CompiledOuterStep
+    """The fastest exact outer step for the workload (benchmarks/RESULTS.md, "Speed").
 
-    return CompiledOuterStep(algorithm)
+    Convolutional models: tasks one at a time, each task's graph freed by its own backward. Others:
+    the compiled step when ``compile``, else one vmapped graph. An explicit ``execution`` of the
+    algorithm, and algorithms that override the outer loss, always get ``outer_loss().backward()``.
+    """
+    from fastmaml.core.compiled import outer_step, plain_outer_loss
+    from fastmaml.core.execution import has_conv
+
+    if not plain_outer_loss(algorithm) or algorithm.mapper.execution != "auto":
+        return outer_step(algorithm, "outer_loss")
+    if compile:
+        return outer_step(algorithm, "compiled")
+    return outer_step(algorithm, "loop" if has_conv(algorithm.model) else "outer_loss")
 
 
 def check_finite(loss: Tensor, iteration: int, where: Path | None) -> None:
