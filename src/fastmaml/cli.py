@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -98,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        print("fastmaml: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        # Interrupted (a KeyboardInterrupt) carries "interrupted at iteration N; resume with ..."
+        signum = getattr(error, "signum", signal.SIGINT)
+        if os.environ.get("RANK", "0") == "0":  # one message per distributed job
+            print(f"fastmaml: {error.args[0] if error.args else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
     except (*USER_ERRORS, ImportError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         print(f"fastmaml: error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
