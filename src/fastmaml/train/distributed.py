@@ -129,10 +129,14 @@ class Context:
             raise {cls.__name__: cls for cls in SHARED_ERRORS}[name](text)
         return result
 
-    def close(self) -> None:
+    def close(self, barrier: bool = False) -> None:
+        """Leave the process group. ``barrier=True`` when every rank gets here together (after the loop):
+        ranks that tear down gloo at different moments can abort in its connection threads."""
         if self.owns_group:
             import torch.distributed as dist
 
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -146,7 +150,7 @@ def from_env() -> Context:
         return Context()
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun "
+        raise ValueError(f"WORLD_SIZE is set but not {', '.join(missing)}; launch with torchrun "
                          "(see docs/distributed.md)")
     import torch.distributed as dist
 

@@ -201,7 +201,8 @@ def meta_train(
                 if metrics_path is not None:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
+                if dist.is_main:
+                    bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
                 running, count, tick = 0.0, 0, time.perf_counter()
                 state.running = (running, count)
             due = checkpoint_every and state.iteration % checkpoint_every == 0

@@ -26,6 +26,7 @@ from fastmaml.train.build import (
 from fastmaml.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from fastmaml.train.evaluate import evaluate
 from fastmaml.train.loop import (
+    Interrupted,
     LoopState,
     StopRequest,
     make_step,
@@ -164,14 +165,19 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
 
     stop = StopRequest()
     main = dist.is_main
-    with stop.installed():
-        meta_train(
-            algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
-            meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
-            state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
-            on_log=on_log if main else None, checkpoint=save if main else None,
-            checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
-        )
+    try:
+        with stop.installed():
+            meta_train(
+                algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
+                meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
+                state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
+                on_log=on_log if main else None, checkpoint=save if main else None,
+                checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
+            )
+    except (Interrupted, FloatingPointError):
+        dist.close(barrier=True)  # every rank stops at the same iteration (the decision is all-reduced)
+        raise
+    dist.close(barrier=True)  # the rest is rank 0's alone
     if not main:
         return None
     save(state)
