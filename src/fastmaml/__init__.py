@@ -2,8 +2,8 @@
 
 from fastmaml import models
 from fastmaml.algorithms import MAML
-from fastmaml.tasks import Sinusoid, TaskBatch
+from fastmaml.tasks import EpisodicTasks, Sinusoid, TaskBatch
 from fastmaml.train import TrainConfig, evaluate, fit, load
 
 __version__ = "0.1.0"
-__all__ = ["MAML", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models"]
+__all__ = ["EpisodicTasks", "MAML", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models"]

@@ -38,7 +38,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
             axes[1].set_visible(False)
         curve = axes[2]
     else:
-        fig, curve = plt.subplots(1, 1, figsize=(6, 4))
+        fig = plt.figure(figsize=(15, 8))
+        grid = fig.add_gridspec(2, 2, height_ratios=(1, 1.3))
+        curve = fig.add_subplot(grid[0, 0])
+        steps_ax = fig.add_subplot(grid[0, 1])
+        if (run_dir / runs.EVAL).is_file():
+            accuracy_by_step(steps_ax, json.loads((run_dir / runs.EVAL).read_text()))
+        else:
+            steps_ax.set_visible(False)
+        task_panel(fig, grid[1, :], algorithm, config, seed)
     curve.plot([h["iteration"] for h in history], [h["loss"] for h in history], label="outer loss (train)")
     val = [(h["iteration"], h["val"]) for h in history if "val" in h]
     if val:
@@ -76,3 +84,44 @@ def sinusoid_panel(ax, algorithm, config, seed: int, title: str) -> None:
     ax.set_title(title)
     ax.set_ylim(-6, 6)
     ax.legend(loc="lower right", fontsize=8)
+
+
+def accuracy_by_step(ax, results: dict) -> None:
+    """Meta-test accuracy (mean and 95% CI) after each inner step, from ``eval.json``."""
+    for name, result in results.items():
+        if "accuracy" not in result:
+            continue
+        means = [c["mean"] for c in result["accuracy"]]
+        cis = [c["ci95"] for c in result["accuracy"]]
+        ax.errorbar(range(len(means)), means, yerr=cis, capsize=3, marker="o", label=name)
+    ax.set_xlabel("inner steps at test")
+    ax.set_ylabel("query accuracy (%)")
+    ax.set_title(f"meta-test accuracy ({next(iter(results.values()))['tasks']} tasks, 95% CI)")
+    ax.legend()
+
+
+def task_panel(fig, cell, algorithm, config, seed: int) -> None:
+    """One meta-test task: support images with labels, query images with true / predicted labels."""
+    from fastmaml.train.build import build_tasks, task_generator
+
+    tasks = build_tasks(config, "test")
+    batch = tasks.sample_tasks(1, task_generator(config, "test"))
+    params = algorithm.adapt(batch.support_x[0], batch.support_y[0], inner_steps=config.eval_inner_steps)
+    with torch.no_grad():
+        predicted = algorithm.predict(params, batch.query_x[0]).argmax(-1)
+    support = list(zip(batch.support_x[0], batch.support_y[0].tolist(), [None] * len(batch.support_y[0])))
+    query = list(zip(batch.query_x[0], batch.query_y[0].tolist(), predicted.tolist()))[: 2 * config.data.ways]
+    items = support + query
+    columns = min(len(items), 15)
+    rows = (len(items) + columns - 1) // columns
+    sub = cell.subgridspec(rows, columns)
+    for i, (image, label, guess) in enumerate(items):
+        ax = fig.add_subplot(sub[i // columns, i % columns])
+        picture = image.permute(1, 2, 0).squeeze(-1)  # (H, W) or (H, W, C)
+        ax.imshow((picture - picture.min()) / (picture.max() - picture.min() + 1e-8), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if guess is None:
+            ax.set_title(f"support {label}", fontsize=8)
+        else:
+            ax.set_title(f"query {label}->{guess}", fontsize=8, color="green" if guess == label else "red")

@@ -2,5 +2,6 @@
 
 from fastmaml.models.conv4 import Conv4
 from fastmaml.models.mlp import MLP
+from fastmaml.models.resnet12 import ResNet12
 
-__all__ = ["MLP", "Conv4"]
+__all__ = ["MLP", "Conv4", "ResNet12"]

@@ -5,6 +5,7 @@ from typing import Protocol
 import torch
 
 from fastmaml.tasks.batch import TaskBatch
+from fastmaml.tasks.episodes import EpisodicTasks
 from fastmaml.tasks.sinusoid import Sinusoid
 
 
@@ -12,4 +13,4 @@ class TaskDistribution(Protocol):
     def sample_tasks(self, tasks: int, generator: torch.Generator) -> TaskBatch: ...
 
 
-__all__ = ["Sinusoid", "TaskBatch", "TaskDistribution"]
+__all__ = ["EpisodicTasks", "Sinusoid", "TaskBatch", "TaskDistribution"]

@@ -54,6 +54,7 @@ class TrainConfig:
     momentum: float = 0.0
     meta_batch_size: int = 25
     iterations: int = 70_000
+    max_minutes: float = 0.0
     seed: int = 0
     execution: str = "auto"
     compile: bool = False
@@ -70,7 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive = ("meta_batch_size", "eval_tasks", "val_tasks", "log_every")
         non_negative = ("inner_steps", "eval_inner_steps", "iterations", "threads", "val_every",
-                        "checkpoint_every", "baseline_iterations", "inner_lr", "momentum")
+                        "checkpoint_every", "baseline_iterations", "inner_lr", "momentum", "max_minutes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")

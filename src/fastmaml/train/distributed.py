@@ -67,16 +67,16 @@ class Context:
         return batch.shard(self.rank, self.world_size) if self.enabled else batch
 
     def allreduce_grads(self, params: Iterable[nn.Parameter], loss: Tensor, local_tasks: int, global_tasks: int,
-                        stop: bool = False) -> tuple[Tensor, bool]:
-        """Make every ``.grad`` the global mean meta-gradient; return the global mean loss and whether any rank
-        asked to stop.
+                        flags: tuple[bool, ...] = ()) -> tuple[Tensor, tuple[bool, ...]]:
+        """Make every ``.grad`` the global mean meta-gradient; return the global mean loss and, per flag,
+        whether any rank raised it.
 
-        The loss and the stop flag travel in the same buffer as the gradients: one all-reduce per
+        The loss and the flags travel in the same buffer as the gradients: one all-reduce per
         iteration per dtype, and every rank leaves the iteration with the same loss, gradients and
-        decision to stop (so a signal to one rank stops all of them at the same iteration).
+        decisions (so a signal to one rank, or one rank's clock, stops all of them at the same iteration).
         """
         if not self.enabled:
-            return loss, stop
+            return loss, tuple(flags)
         import torch.distributed as dist
 
         start = time.perf_counter()
@@ -87,24 +87,28 @@ class Context:
             groups.setdefault((g.dtype, g.device), []).append(g)
         if not groups:
             groups[(loss.dtype, loss.device)] = []
-        out_loss, out_stop = loss, stop
+        out_loss, out_flags = loss, tuple(flags)
+        extra = 1 + len(flags)
         for i, ((dtype, device), group) in enumerate(groups.items()):
             parts = [g.reshape(-1) for g in group]
-            if i == 0:  # (loss, stop flag) ride at the end of the first buffer
-                parts.append(torch.stack([loss.detach().to(device, dtype), torch.tensor(0.0, device=device,
-                                                                                         dtype=dtype)]))
+            if i == 0:  # (loss, *flags) ride at the end of the first buffer
+                parts.append(loss.detach().to(device, dtype).reshape(1))
+                parts.append(torch.zeros(len(flags), device=device, dtype=dtype))
             flat = torch.cat(parts).mul_(weight)
-            if i == 0:
-                flat[-1] = float(stop)  # a count of ranks that asked to stop, not weighted
+            if i == 0 and flags:
+                # counts of ranks that raised each flag, not weighted
+                flat[-len(flags):] = torch.tensor([float(f) for f in flags], dtype=dtype)
             dist.all_reduce(flat)
             offset = 0
             for g in group:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
                 offset += g.numel()
             if i == 0:
-                out_loss, out_stop = flat[-2].to(loss.dtype), bool(flat[-1].item() > 0)
+                tail = flat[-extra:].tolist()
+                out_loss = flat[-extra].to(loss.dtype)
+                out_flags = tuple(v > 0 for v in tail[1:])
         self.comm_seconds += time.perf_counter() - start
-        return out_loss, out_stop
+        return out_loss, out_flags
 
     def run_on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` on rank 0 only; its result (or its user error) is sent to every rank.

@@ -153,8 +153,9 @@ def meta_train(
     stop: StopRequest | None = None,
     dist: Context | None = None,
     progress: bool = True,
+    max_minutes: float = 0.0,
 ) -> LoopState:
-    """Run outer steps from ``state.iteration`` to ``iterations``.
+    """Run outer steps from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
 
     Every ``log_every`` iterations the mean outer loss since the last log is recorded: ``on_log`` is
     called (validation may add to the record), then the record is appended to ``metrics_path``
@@ -171,9 +172,11 @@ def meta_train(
     device, dtype = params[0].device, params[0].dtype
     bar = Progress(iterations, state.iteration, progress)
     (running, count), tick = state.running, time.perf_counter()
+    deadline = tick + 60 * max_minutes if max_minutes else float("inf")
     saved_at = state.iteration if checkpoint is not None and state.iteration > 0 else None
+    out_of_time = False
     try:
-        while state.iteration < iterations:
+        while state.iteration < iterations and not out_of_time:
             if hasattr(algorithm, "begin_iteration"):
                 algorithm.begin_iteration(state.iteration, iterations)
             # every rank draws the same full meta-batch, so the task stream does not depend on the world size
@@ -181,8 +184,10 @@ def meta_train(
             batch = dist.shard(full).to(device=device, dtype=dtype)
             optimizer.zero_grad(set_to_none=True)
             loss = step(batch)
-            loss, stopping = dist.allreduce_grads(params, loss, len(batch), meta_batch_size,
-                                                  stop is not None and stop.signum != 0)
+            # the decisions to stop ride with the gradients, so every rank makes the same ones
+            loss, (stopping, out_of_time) = dist.allreduce_grads(
+                params, loss, len(batch), meta_batch_size,
+                (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
             kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
             check_finite(loss, params, state.iteration + 1, kept)
             optimizer.step()
@@ -191,7 +196,7 @@ def meta_train(
             state.iteration += 1
             running, count = running + loss.item(), count + 1
             state.running = (running, count)
-            if state.iteration % log_every == 0 or state.iteration == iterations:
+            if state.iteration % log_every == 0 or state.iteration == iterations or out_of_time:
                 elapsed = time.perf_counter() - tick
                 record = {"iteration": state.iteration, "loss": running / count,
                           "tasks_per_s": count * meta_batch_size / elapsed}
@@ -234,7 +239,8 @@ def save_run_checkpoint(path: Path, algorithm: nn.Module, optimizer: torch.optim
 
 
 def restore_run_checkpoint(checkpoint: dict, algorithm: nn.Module, optimizer: torch.optim.Optimizer,
-                           generators: dict[str, torch.Generator], scheduler=None, where: str = "checkpoint") -> LoopState:
+                           generators: dict[str, torch.Generator], scheduler=None,
+                           where: str = "checkpoint") -> LoopState:
     """Load a training checkpoint into freshly built objects; a mismatch is a one-line ``ValueError``."""
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:

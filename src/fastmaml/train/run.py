@@ -45,7 +45,8 @@ def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     """Refuse, without writing anything, a folder that ``train`` must not use."""
     if resume:
         if not (run_dir / CONFIG).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); check the path given to --resume")
+            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); "
+                                    "check the path given to --resume")
         return
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is a file; choose a folder path for --out")
@@ -173,6 +174,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
                 state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
                 on_log=on_log if main else None, checkpoint=save if main else None,
                 checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
+                max_minutes=config.max_minutes,
             )
     except (Interrupted, FloatingPointError):
         dist.close(barrier=True)  # every rank stops at the same iteration (the decision is all-reduced)
