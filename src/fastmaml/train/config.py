@@ -202,6 +202,9 @@ def resolve(recipe: str | None, overrides: list[str] | None = None) -> TrainConf
                                     "(list them: fastmaml recipes)")
         text = path.read_text() if recipe.endswith((".yaml", ".yml")) and path.is_file() else recipe_text(recipe)
         values = _parse_yaml(text, recipe)
+        if not isinstance(values, dict):
+            raise ValueError(f"{recipe} must be a mapping of config keys to values (e.g. inner_lr: 0.01), "
+                             f"not a {type(values).__name__}")
     return from_dict(TrainConfig, merge(values, parse_overrides(overrides or [])))
 
 

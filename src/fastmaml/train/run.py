@@ -250,6 +250,8 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     config = cfg.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
     algorithm = load(run_dir)
     assert config is not None
+    if num_tasks is not None and num_tasks < 1:
+        raise ValueError(f"tasks={num_tasks}; evaluate on at least 1 task (the protocol uses 600)")
     num_tasks = num_tasks or config.eval_tasks
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = build_tasks(config, "test")
