@@ -22,7 +22,7 @@ from fastmaml.train.distributed import Context
 
 log = logging.getLogger(__name__)
 Step = Callable[[TaskBatch], Tensor]
-CHECKPOINT_KEYS = ("algorithm", "optimizer", "scheduler", "iteration", "best", "history", "running", "random")
+CHECKPOINT_KEYS = ("algorithm", "optimizer", "scheduler", "iteration", "best", "history", "random")
 
 
 @dataclass
@@ -256,6 +256,6 @@ def restore_run_checkpoint(checkpoint: dict, algorithm: nn.Module, optimizer: to
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
                          "wrote or start again with --overwrite") from None
-    running_loss, running_count = checkpoint["running"]
+    running_loss, running_count = checkpoint.get("running", (0.0, 0))  # absent in older checkpoints
     return LoopState(checkpoint["iteration"], checkpoint["best"], list(checkpoint["history"]),
                      (running_loss, running_count))
