@@ -126,6 +126,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         raise ValueError("train() needs a config unless resume=True")
     else:
         dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
+    dist.check_meta_batch(config.meta_batch_size)
     device = _device(config.device, dist)
     if config.threads:
         torch.set_num_threads(config.threads)
