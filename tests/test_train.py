@@ -116,3 +116,10 @@ def test_every_recipe_resolves():
     for name in names:
         assert isinstance(cfg.resolve(name), cfg.TrainConfig)
         assert cfg.recipe_summary(name)
+
+
+def test_mlp_slices_like_a_sequential():
+    model = fm.models.MLP([1, 4, 4, 1])
+    body = model[:4]
+    assert len(body) == 4 and body[0] is model[0]
+    assert body(torch.zeros(3, 1)).shape == (3, 4)

@@ -1,17 +1,84 @@
-"""Meta-learning algorithms, each a short composition of the functional core."""
+"""Meta-learning algorithms, each a short composition of the functional core; :func:`build` by name.
+
+Every algorithm is an ``nn.Module`` with ``outer_loss(batch)`` (``.backward()`` puts the meta-gradient in
+``algo.parameters()``), ``task_losses(batch, inner_steps, track)``, ``adapt``, ``predict``,
+``begin_iteration(iteration, iterations)`` and ``scheduler(optimizer, iterations)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
 
 from torch import nn
 
+from fastmaml.algorithms.anil import ANIL
+from fastmaml.algorithms.fomaml import FOMAML
+from fastmaml.algorithms.imaml import IMAML
 from fastmaml.algorithms.maml import MAML
+from fastmaml.algorithms.mamlpp import MAMLPlusPlus
+from fastmaml.algorithms.metasgd import MetaSGD
+from fastmaml.algorithms.reptile import Reptile
 
-ALGORITHMS = {"maml": MAML}
+ALGORITHMS: dict[str, type[MAML]] = {
+    "maml": MAML,
+    "fomaml": FOMAML,
+    "anil": ANIL,
+    "metasgd": MetaSGD,
+    "mamlpp": MAMLPlusPlus,
+    "reptile": Reptile,
+    "imaml": IMAML,
+}
+
+FIXED_FIRST_ORDER = ("fomaml", "reptile", "imaml")
 
 
-def build(name: str, model: nn.Module, **options) -> nn.Module:
-    """The algorithm ``name`` around ``model``; ``options`` are its constructor's keyword arguments."""
+def options(name: str) -> tuple[str, ...]:
+    """The keyword options algorithm ``name`` takes (everything but the model)."""
+    return tuple(p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p not in ("self", "model"))
+
+
+def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
+    """The algorithm ``name`` around ``model``, configured by ``kwargs``.
+
+    An option given as ``None`` that the algorithm does not take is dropped (``None`` means "the
+    algorithm's default" everywhere). ``first_order`` is accepted by every algorithm, since the trainer's
+    config may set it for all; those whose inner loop is first-order by definition (fomaml, reptile,
+    imaml; ``algo.first_order`` is True for them) accept ``True`` and refuse ``False``.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), or an option the algorithm does
+            not take (the message names the algorithm it belongs to, if any, and the valid options).
+
+    Example:
+        >>> import fastmaml as fm
+        >>> build("imaml", fm.models.MLP([1, 40, 40, 1]), inner_steps=20, lam=2.0).cg_steps
+        5
+    """
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name](model, **options)
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    valid = options(name)
+    kwargs = {key: value for key, value in kwargs.items() if key in valid or value is not None}
+    if name in FIXED_FIRST_ORDER:
+        if kwargs.pop("first_order", None) is False:
+            raise ValueError(f"{name} is first-order by definition; drop first_order=false or use algorithm=maml")
+    for key in kwargs:
+        if key not in valid:
+            owners = [other for other in ALGORITHMS if key in options(other)]
+            where = f"belongs to {', '.join(owners)}, not {name}" if owners else f"is not an option of {name}"
+            raise ValueError(f"option {key!r} {where}; {name} takes {', '.join(valid)}")
+    return ALGORITHMS[name](model, **kwargs)
 
 
-__all__ = ["ALGORITHMS", "MAML", "build"]
+__all__ = [
+    "ALGORITHMS",
+    "ANIL",
+    "FOMAML",
+    "IMAML",
+    "MAML",
+    "MAMLPlusPlus",
+    "MetaSGD",
+    "Reptile",
+    "build",
+    "options",
+]

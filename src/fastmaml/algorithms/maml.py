@@ -114,14 +114,30 @@ class MAML(nn.Module):
         steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
         params, buffers, rule_state = state if state is not None else self.functional_state()
         self._check_model_accepts(batch, params, buffers)
-        per_task = functools.partial(inner.task_loss, self.spec(), params, buffers, rule_state, steps=steps, track=track)
+        per_task = self.task_function(params, buffers, rule_state, steps, track)
         with exact_batch_norm(self.exact_bn):
             return self.mapper(per_task, *batch.tensors())
+
+    def task_function(
+        self, params: Params, buffers: Params, rule_state: Params, steps: int, track: bool
+    ) -> Callable[..., tuple[Tensor, ...]]:
+        """The per-task function mapped over the meta-batch: ``(support_x, support_y, query_x, query_y)``
+        of one task to its query loss and predictions (subclasses may wrap it, never replace it)."""
+        return functools.partial(inner.task_loss, self.spec(), params, buffers, rule_state, steps=steps, track=track)
 
     def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None) -> Tensor:
         """Mean query loss over the meta-batch after adaptation; ``.backward()`` gives the meta-gradient."""
         losses, _ = self.task_losses(batch, inner_steps)
         return losses.mean()
+
+    def begin_iteration(self, iteration: int, iterations: int) -> None:
+        """Called by the trainer before outer step ``iteration`` of ``iterations``; MAML has no schedule."""
+
+    def scheduler(
+        self, optimizer: torch.optim.Optimizer, iterations: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The outer learning-rate schedule this algorithm prescribes (stepped once per outer step), if any."""
+        return None
 
     # -- one task --------------------------------------------------------------------------------------
 

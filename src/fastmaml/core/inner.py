@@ -37,6 +37,9 @@ class InnerSpec:
         rule: the inner update rule.
         adapt_names: parameters updated in the inner loop; the rest stay fixed there.
         first_order: drop the inner loop's Jacobian (FOMAML): gradients are taken at detached values.
+        slot_state: optional ``(params, buffers, slot) -> (params, buffers)`` applied before every
+            forward; ``slot`` is the number of inner updates already applied (MAML++ swaps in per-step
+            BatchNorm weights and running statistics here). ``None``: the identity.
     """
 
     model: nn.Module
@@ -44,14 +47,17 @@ class InnerSpec:
     rule: UpdateRule
     adapt_names: tuple[str, ...]
     first_order: bool
+    slot_state: Callable[[Params, Params, int], tuple[Params, Params]] | None = None
 
 
-def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor) -> Tensor:
+def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, slot: int = 0) -> Tensor:
+    if spec.slot_state is not None:
+        params, buffers = spec.slot_state(params, buffers, slot)
     return functional_call(spec.model, (params, buffers), (x,), strict=False)
 
 
-def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
-    loss = spec.loss_fn(forward(spec, params, buffers, x), y)
+def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor, slot: int = 0) -> Tensor:
+    loss = spec.loss_fn(forward(spec, params, buffers, x, slot), y)
     if loss.dim() != 0:
         raise ValueError(
             f"loss_fn returned a tensor of shape {tuple(loss.shape)}, not a scalar; "
@@ -73,7 +79,7 @@ def inner_step(
         fixed_at, at = fixed, fast
 
     def support_loss(adapted: Params, buffers: Params) -> Tensor:
-        return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y)
+        return loss_of(spec, {**fixed_at, **adapted}, buffers, x, y, step)
 
     # Buffers enter as an argument, not a capture: modules may update them in place (num_batches_tracked).
     grads = torch.func.grad(support_loss)(at, buffers)
@@ -110,10 +116,10 @@ def task_loss(
     losses, predictions = [], []
     for step in range(steps):
         if track:
-            predictions.append(forward(spec, params, buffers, query_x))
+            predictions.append(forward(spec, params, buffers, query_x, step))
             losses.append(spec.loss_fn(predictions[-1], query_y))
         params = inner_step(spec, params, buffers, rule_state, support_x, support_y, step)
-    prediction = forward(spec, params, buffers, query_x)
+    prediction = forward(spec, params, buffers, query_x, steps)
     loss = spec.loss_fn(prediction, query_y)
     if not track:
         return loss, prediction

@@ -61,3 +61,21 @@ def per_step(lr: float, steps: int) -> UpdateRule:
         return {name: p - state[name][min(step, steps - 1)] * grads[name] for name, p in params.items()}
 
     return UpdateRule("per_step", init, update)
+
+
+def proximal(lr: float, lam: float) -> UpdateRule:
+    """iMAML's inner rule (arXiv:1909.04630): gradient descent on L(phi) + lam/2 ||phi - theta||^2.
+
+    ``state`` holds the anchor theta (iMAML passes the detached meta-parameters); nothing is learned,
+    so ``init`` returns no state.
+    """
+    if lam <= 0:
+        raise ValueError(f"lam={lam!r}; the proximal strength lambda must be > 0")
+
+    def init(params: Params) -> Params:
+        return {}
+
+    def update(params: Params, grads: Params, state: Params, step: int) -> Params:
+        return {name: p - lr * (grads[name] + lam * (p - state[name])) for name, p in params.items()}
+
+    return UpdateRule("proximal", init, update)

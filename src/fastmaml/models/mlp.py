@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
@@ -24,3 +25,9 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(activation())
         super().__init__(*layers)
+
+    def __getitem__(self, index):
+        # nn.Sequential slices by calling type(self)(...), which MLP's signature does not take.
+        if isinstance(index, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)

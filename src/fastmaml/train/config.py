@@ -48,7 +48,7 @@ class TrainConfig:
     inner_lr: float = 0.01
     inner_steps: int = 1
     eval_inner_steps: int = 10
-    first_order: bool = False
+    first_order: bool | None = None
     outer_lr: float = 1e-3
     optimizer: str = "adam"
     momentum: float = 0.0
