@@ -39,8 +39,8 @@ def main() -> None:
             killed = sum(status == -signal.SIGKILL for _, status, _ in stops)
             diff = differences(root / "reference", root / f"trial-{trial}")
             identical += not diff and killed == args.kills
-            print(f"trial {trial}: {killed}/{args.kills} kills landed, "
-                  f"{'bit-identical' if not diff else 'DIFFERS: ' + ', '.join(diff)} ({time.perf_counter() - start:.1f} s)",
+            verdict = "bit-identical" if not diff else "DIFFERS: " + ", ".join(diff)
+            print(f"trial {trial}: {killed}/{args.kills} kills landed, {verdict} ({time.perf_counter() - start:.1f} s)",
                   flush=True)
     print(f"{identical} of {args.trials} kill-and-resume trials bit-identical to the uninterrupted run")
 
