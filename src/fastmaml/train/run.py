@@ -149,6 +149,8 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         # metrics.jsonl may run past the checkpoint (or end in half a line after a kill): rewrite it
         # from the checkpoint's history, which is exactly what was logged up to its iteration
         write_text_atomic("".join(json.dumps(r) + "\n" for r in state.history), run_dir / METRICS)
+        for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed save_atomic
+            leftover.unlink()
 
     def on_log(state: LoopState) -> None:
         it = state.iteration
