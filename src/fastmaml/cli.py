@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pickle
+import signal
 import sys
 from pathlib import Path
 
@@ -78,7 +80,8 @@ def run(argv: list[str]) -> int:
             config = cfg.resolve(args.recipe, args.overrides)
             out = args.out or Path("runs") / Path(args.recipe).stem
             results = runs.train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
-            print(f"run folder: {out}")
+            if os.environ.get("RANK", "0") == "0":
+                print(f"run folder: {out}")
         if results:
             print(_summary(results))
         return 0
@@ -98,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(sys.argv[1:] if argv is None else argv)
-    except KeyboardInterrupt:
-        print("fastmaml: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        # Interrupted (a KeyboardInterrupt) carries "interrupted at iteration N; resume with ..."
+        signum = getattr(error, "signum", signal.SIGINT)
+        if os.environ.get("RANK", "0") == "0":  # one message per distributed job
+            print(f"fastmaml: {error.args[0] if error.args else 'interrupted'}", file=sys.stderr)
+        return 128 + signum
     except (*USER_ERRORS, ImportError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"fastmaml: error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        prog = "fastmaml" if rank == "0" else f"fastmaml[rank {rank}]"
+        print(f"{prog}: error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
         return 2
 
 

@@ -13,11 +13,22 @@ import numpy as np
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; give checkpoints the mode a plain open() would (0666 minus the umask)
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` so that a crash at any moment leaves either the old or the new file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -33,22 +44,46 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """``path.write_text(text)``, but a crash leaves the old file or the new one, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by fastmaml; refuses pickles that would run code."""
+    """Read a checkpoint written by fastmaml; refuses pickles that would run code, without running them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; point at a run folder that finished or saved one")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0]
         raise ValueError(
-            f"{path} is not a safe fastmaml checkpoint ({first}); it was refused unread — only load files you trust "
-            "and that fastmaml wrote"
+            f"{path} was refused unread: it is not a checkpoint fastmaml wrote ({_unpickler_reason(error)}); "
+            "nothing in it was run — load only files fastmaml wrote, or start again with --overwrite"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path} is corrupt or truncated ({str(error).splitlines()[0]}); "
-                         "restore it or start the run again with --overwrite") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = (str(error).strip().splitlines() or ["empty file"])[0].split(". ")[0].rstrip(".")
+        raise ValueError(f"{path} is corrupt or truncated ({first}); restore it or start the run again with "
+                         "--overwrite") from None
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The informative line of torch's multi-paragraph weights_only refusal."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or ["unreadable"])[0].rstrip(".")
 
 
 def random_state(generators: dict[str, torch.Generator]) -> dict:
@@ -60,6 +95,7 @@ def random_state(generators: dict[str, torch.Generator]) -> dict:
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": [py_version, list(py_internal), py_gauss],
         "generators": {name: g.get_state() for name, g in generators.items()},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -71,3 +107,5 @@ def restore_random_state(state: dict, generators: dict[str, torch.Generator]) ->
     random.setstate((version, tuple(internal), gauss))
     for key, g in generators.items():
         g.set_state(state["generators"][key])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -60,6 +60,7 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0
     device: str = "cpu"
+    dtype: str = "float32"
     log_every: int = 100
     val_every: int = 0
     val_tasks: int = 100
@@ -79,7 +80,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 0")
         if not self.outer_lr > 0:
             raise ValueError(f"outer_lr={self.outer_lr}; it must be > 0")
-        choices = {"optimizer": ("adam", "sgd", "rmsprop"), "execution": ("auto", "vmap", "loop")}
+        choices = {"optimizer": ("adam", "sgd", "rmsprop"), "execution": ("auto", "vmap", "loop"),
+                   "dtype": ("float32", "float64")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; use one of {', '.join(valid)}")
@@ -192,13 +194,17 @@ def recipe_summary(name: str) -> str:
 
 def resolve(recipe: str | None, overrides: list[str] | None = None) -> TrainConfig:
     """A recipe (name or path to a YAML file), with ``key=value`` overrides applied on top."""
-    import yaml
-
     values: dict[str, Any] = {}
     if recipe is not None:
         path = Path(recipe)
+        if recipe.endswith((".yaml", ".yml")) and not path.is_file():
+            raise FileNotFoundError(f"no recipe file at {recipe}; check the path, or name a built-in recipe "
+                                    "(list them: fastmaml recipes)")
         text = path.read_text() if recipe.endswith((".yaml", ".yml")) and path.is_file() else recipe_text(recipe)
-        values = yaml.safe_load(text) or {}
+        values = _parse_yaml(text, recipe)
+        if not isinstance(values, dict):
+            raise ValueError(f"{recipe} must be a mapping of config keys to values (e.g. inner_lr: 0.01), "
+                             f"not a {type(values).__name__}")
     return from_dict(TrainConfig, merge(values, parse_overrides(overrides or [])))
 
 
@@ -209,6 +215,14 @@ def save(config: TrainConfig, path: Path) -> None:
 
 
 def load(path: Path) -> TrainConfig:
+    return from_dict(TrainConfig, _parse_yaml(path.read_text(), str(path)))
+
+
+def _parse_yaml(text: str, where: str) -> Any:
     import yaml
 
-    return from_dict(TrainConfig, yaml.safe_load(path.read_text()) or {})
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"{where} is not valid YAML ({first}); fix the file") from None

@@ -33,10 +33,10 @@ def evaluate(
     ``{"mean", "ci95"}``, plus ``tasks`` and ``inner_steps``. Accuracy is in percent.
     """
     losses, accuracies = [], []
-    device = next(algorithm.parameters()).device
+    device, dtype = next(algorithm.parameters()).device, next(algorithm.parameters()).dtype
     with torch.no_grad():
         for start in range(0, num_tasks, chunk):
-            batch = tasks.sample_tasks(min(chunk, num_tasks - start), generator).to(device)
+            batch = tasks.sample_tasks(min(chunk, num_tasks - start), generator).to(device=device, dtype=dtype)
             step_losses, predictions = algorithm.task_losses(batch, inner_steps, track=True)
             losses.append(step_losses)  # (tasks, steps + 1)
             if not batch.query_y.is_floating_point():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,18 +18,65 @@ from torch import Tensor, nn
 
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train.checkpoint import random_state, restore_random_state, save_atomic
+from fastmaml.train.distributed import Context
 
 log = logging.getLogger(__name__)
 Step = Callable[[TaskBatch], Tensor]
+CHECKPOINT_KEYS = ("algorithm", "optimizer", "scheduler", "iteration", "best", "history", "random")
 
 
 @dataclass
 class LoopState:
-    """What a checkpoint must hold beyond the weights to continue a run exactly."""
+    """What a checkpoint must hold beyond the weights to continue a run exactly.
+
+    ``running`` is the (loss sum, iterations) accumulated since the last log line, so that the
+    first log line after a resume averages the same iterations as an uninterrupted run's.
+    """
 
     iteration: int = 0
     best: float | None = None
     history: list[dict] = field(default_factory=list)
+    running: tuple[float, int] = (0.0, 0)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint at ``iteration``."""
+
+    def __init__(self, iteration: int, signum: int, run_dir: Path | None) -> None:
+        resume = f"; resume with fastmaml train --resume {run_dir}" if run_dir is not None else ""
+        super().__init__(f"interrupted at iteration {iteration}{resume}")
+        self.iteration, self.signum, self.run_dir = iteration, signum, run_dir
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a request the loop honours at the end of the current iteration.
+
+    A second signal while a request is pending gets the previous (default) behaviour, so an
+    impatient second Ctrl-C still stops the process at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be installed from the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, frame) -> None:
+            self.signum = signum
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def eager_step(algorithm: nn.Module) -> Step:
@@ -57,13 +107,15 @@ def make_step(algorithm: nn.Module, compile: bool) -> Step:
     return outer_step(algorithm, "loop" if has_conv(algorithm.model) else "outer_loss")
 
 
-def check_finite(loss: Tensor, iteration: int, where: Path | None) -> None:
-    if not math.isfinite(loss.item()):
-        kept = f"; the last checkpoint in {where} is intact" if where is not None else ""
-        raise FloatingPointError(
-            f"the outer loss became {loss.item()} at iteration {iteration}: lower inner_lr or outer_lr, "
-            f"or check the data for NaN/inf{kept}"
-        )
+def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str) -> None:
+    """Stop before a non-finite loss or meta-gradient reaches the weights (and so any checkpoint)."""
+    grads = [p.grad.detach().abs().amax() for p in params if p.grad is not None and p.grad.numel()]
+    # amax propagates NaN; one sync for all parameters
+    if math.isfinite(loss.item()) and (not grads or bool(torch.stack(grads).isfinite().all())):
+        return
+    what = "outer loss" if not math.isfinite(loss.item()) else "meta-gradient"
+    raise FloatingPointError(f"the {what} became non-finite (loss {loss.item()}) at iteration {iteration}: lower "
+                             f"inner_lr or outer_lr, or check the data for NaN/inf{kept}")
 
 
 class Progress:
@@ -105,68 +157,114 @@ def meta_train(
     log_every: int = 100,
     metrics_path: Path | None = None,
     on_log: Callable[[LoopState], None] | None = None,
+    checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint_every: int = 0,
+    stop: StopRequest | None = None,
+    dist: Context | None = None,
     progress: bool = True,
     max_minutes: float = 0.0,
 ) -> LoopState:
     """Run outer steps from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
 
-    Every ``log_every`` iterations the mean outer loss since the last log is appended to
-    ``metrics_path`` (JSON lines) and ``on_log`` is called (validation, checkpoints).
+    Every ``log_every`` iterations the mean outer loss since the last log is recorded: ``on_log`` is
+    called (validation may add to the record), then the record is appended to ``metrics_path``
+    (JSON lines). Every ``checkpoint_every`` iterations, and when ``stop`` reports a signal,
+    ``checkpoint(state)`` is called; after a signal the loop raises :class:`Interrupted`. With a
+    ``dist`` context of several ranks each rank trains on its shard of every meta-batch and the
+    meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
     """
     state = state or LoopState()
     step = step or eager_step(algorithm)
-    device = next(algorithm.parameters()).device
+    dist = dist or Context()
+    dist.check_meta_batch(meta_batch_size)
+    params = [p for p in algorithm.parameters() if p.requires_grad]
+    device, dtype = params[0].device, params[0].dtype
     bar = Progress(iterations, state.iteration, progress)
-    running, count, tick = 0.0, 0, time.perf_counter()
+    (running, count), tick = state.running, time.perf_counter()
     deadline = tick + 60 * max_minutes if max_minutes else float("inf")
+    saved_at = state.iteration if checkpoint is not None and state.iteration > 0 else None
+    out_of_time = False
     try:
-        while state.iteration < iterations and time.perf_counter() < deadline:
+        while state.iteration < iterations and not out_of_time:
             if hasattr(algorithm, "begin_iteration"):
                 algorithm.begin_iteration(state.iteration, iterations)
-            batch = tasks.sample_tasks(meta_batch_size, generator).to(device)
+            # every rank draws the same full meta-batch, so the task stream does not depend on the world size
+            full = tasks.sample_tasks(meta_batch_size, generator)
+            batch = dist.shard(full).to(device=device, dtype=dtype)
             optimizer.zero_grad(set_to_none=True)
             loss = step(batch)
-            check_finite(loss, state.iteration, metrics_path.parent if metrics_path else None)
+            # the decisions to stop ride with the gradients, so every rank makes the same ones
+            loss, (stopping, out_of_time) = dist.allreduce_grads(
+                params, loss, len(batch), meta_batch_size,
+                (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
+            kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
+            check_finite(loss, params, state.iteration + 1, kept)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             state.iteration += 1
             running, count = running + loss.item(), count + 1
-            if state.iteration % log_every == 0 or state.iteration == iterations or time.perf_counter() >= deadline:
+            state.running = (running, count)
+            if state.iteration % log_every == 0 or state.iteration == iterations or out_of_time:
                 elapsed = time.perf_counter() - tick
                 record = {"iteration": state.iteration, "loss": running / count,
                           "tasks_per_s": count * meta_batch_size / elapsed}
                 state.history.append(record)
+                if on_log is not None:
+                    on_log(state)
                 if metrics_path is not None:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")
-                if on_log is not None:
-                    on_log(state)
-                bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
+                if dist.is_main:
+                    bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
                 running, count, tick = 0.0, 0, time.perf_counter()
+                state.running = (running, count)
+            due = checkpoint_every and state.iteration % checkpoint_every == 0
+            if checkpoint is not None and (due or stopping):
+                checkpoint(state)
+                saved_at = state.iteration
+            if stopping:
+                raise Interrupted(state.iteration, stop.signum if stop is not None and stop.signum else
+                                  signal.SIGTERM, metrics_path.parent if metrics_path is not None else None)
     finally:
         bar.close()
     return state
 
 
 def save_run_checkpoint(path: Path, algorithm: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState,
-                        generators: dict[str, torch.Generator], scheduler=None) -> None:
+                        generators: dict[str, torch.Generator], scheduler=None, extra: dict | None = None) -> None:
+    """Everything needed to continue the run bit for bit, in ``weights_only``-loadable types."""
     save_atomic({
+        **(extra or {}),
         "algorithm": algorithm.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "iteration": state.iteration,
         "best": state.best,
         "history": state.history,
+        "running": list(state.running),
         "random": random_state(generators),
     }, path)
 
 
 def restore_run_checkpoint(checkpoint: dict, algorithm: nn.Module, optimizer: torch.optim.Optimizer,
-                           generators: dict[str, torch.Generator], scheduler=None) -> LoopState:
-    algorithm.load_state_dict(checkpoint["algorithm"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    if scheduler is not None and checkpoint.get("scheduler") is not None:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-    restore_random_state(checkpoint["random"], generators)
-    return LoopState(checkpoint["iteration"], checkpoint["best"], list(checkpoint["history"]))
+                           generators: dict[str, torch.Generator], scheduler=None,
+                           where: str = "checkpoint") -> LoopState:
+    """Load a training checkpoint into freshly built objects; a mismatch is a one-line ``ValueError``."""
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise ValueError(f"{where} is not a fastmaml training checkpoint (missing {', '.join(missing)}); "
+                         "point --resume at a folder `fastmaml train` wrote")
+    try:
+        algorithm.load_state_dict(checkpoint["algorithm"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint["scheduler"] is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_random_state(checkpoint["random"], generators)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
+                         "wrote or start again with --overwrite") from None
+    running_loss, running_count = checkpoint.get("running", (0.0, 0))  # absent in older checkpoints
+    return LoopState(checkpoint["iteration"], checkpoint["best"], list(checkpoint["history"]),
+                     (running_loss, running_count))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from fastmaml.train import config as cfg
+from fastmaml.train import distributed
 from fastmaml.train.baselines import pretrain, tune_step_size
 from fastmaml.train.build import (
     build_algorithm,
@@ -20,27 +23,47 @@ from fastmaml.train.build import (
     model_args,
     task_generator,
 )
-from fastmaml.train.checkpoint import load_checkpoint, save_atomic
+from fastmaml.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from fastmaml.train.evaluate import evaluate
-from fastmaml.train.loop import LoopState, make_step, meta_train, restore_run_checkpoint, save_run_checkpoint
+from fastmaml.train.loop import (
+    Interrupted,
+    LoopState,
+    StopRequest,
+    make_step,
+    meta_train,
+    restore_run_checkpoint,
+    save_run_checkpoint,
+)
 
 log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONFIG, METRICS, LAST, BEST, BASELINES, EVAL = (
     "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json")
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Create ``run_dir``, refusing to touch an existing run unless asked to resume or overwrite."""
+def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse, without writing anything, a folder that ``train`` must not use."""
     if resume:
         if not (run_dir / CONFIG).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); check the path given to --resume")
+            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); "
+                                    "check the path given to --resume")
         return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file; choose a folder path for --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                                   "replace it, or --out for a new folder")
         if not (run_dir / CONFIG).is_file():
             raise FileExistsError(f"{run_dir} is not empty and not a fastmaml run; choose another --out folder")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Create ``run_dir``, refusing to touch an existing run unless asked to resume or overwrite."""
+    check_run_dir(run_dir, overwrite, resume)
+    if resume:
+        return
+    if overwrite and run_dir.is_dir() and (run_dir / CONFIG).is_file():
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -51,29 +74,83 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
         raise PermissionError(f"cannot write to {run_dir} ({error.strerror}); choose a writable --out folder") from None
 
 
+def _read_run(run_dir: Path) -> tuple[cfg.TrainConfig, dict | None]:
+    """The saved config and last checkpoint of a run folder (read only; rank 0 of a distributed job)."""
+    check_run_dir(run_dir, overwrite=False, resume=True)
+    config = cfg.load(run_dir / CONFIG)
+    # a run killed before its first checkpoint restarts from iteration 0
+    return config, load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
+
+
+def _create_run(config: cfg.TrainConfig, run_dir: Path, overwrite: bool) -> None:
+    import yaml
+
+    prepare_run_dir(run_dir, overwrite, resume=False)
+    write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
+
+
+def _device(name: str, dist: distributed.Context) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but this torch has no usable CUDA; use device=cpu")
+    return dist.device(name)
+
+
 def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
           progress: bool = True, evaluate_at_end: bool = True) -> dict | None:
-    """Meta-train per ``config`` into ``run_dir`` (or continue the run there); returns the final evaluation."""
+    """Meta-train per ``config`` into ``run_dir`` (or continue the run there); returns the final evaluation.
+
+    Launched by torchrun with several processes, the meta-batch is split across them (see
+    :mod:`fastmaml.train.distributed`); only rank 0 writes files and returns the evaluation.
+    SIGINT/SIGTERM save a checkpoint and raise :class:`~fastmaml.train.loop.Interrupted`.
+    """
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, overwrite, resume)
+    dist = distributed.from_env()
+    try:
+        return _train(config, run_dir, dist, overwrite, resume, progress, evaluate_at_end)
+    finally:
+        dist.close()
+
+
+def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Context, overwrite: bool, resume: bool,
+           progress: bool, evaluate_at_end: bool) -> dict | None:
+    # Nothing is written until everything is built and the checkpoint restored: a bad config, a
+    # corrupt checkpoint or missing data leaves the folder exactly as it was.
+    checkpoint = None
     if resume:
-        config = cfg.load(run_dir / CONFIG)
+        config, checkpoint = dist.run_on_main(lambda: _read_run(run_dir))
+    elif config is None:
+        raise ValueError("train() needs a config unless resume=True")
     else:
-        assert config is not None
-        cfg.save(config, run_dir / CONFIG)
+        dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
+    dist.check_meta_batch(config.meta_batch_size)
+    device = _device(config.device, dist)
     if config.threads:
         torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
 
     tasks = build_tasks(config, "train")
     val_tasks = build_tasks(config, "val") if config.val_every else None
     args = model_args(config, tasks)
-    algorithm = build_algorithm(config, build_model(config, args)).to(config.device)
+    algorithm = build_algorithm(config, build_model(config, args)).to(device=device, dtype=DTYPES[config.dtype])
     optimizer = build_optimizer(config, algorithm.parameters())
     scheduler = algorithm.scheduler(optimizer, config.iterations) if hasattr(algorithm, "scheduler") else None
     generators = {"train": task_generator(config, "train")}
     state = LoopState()
-    if resume and (run_dir / LAST).is_file():
-        state = restore_run_checkpoint(load_checkpoint(run_dir / LAST), algorithm, optimizer, generators, scheduler)
+    if checkpoint is not None:
+        state = restore_run_checkpoint(checkpoint, algorithm, optimizer, generators, scheduler, str(run_dir / LAST))
+    if not resume:
+        dist.run_on_main(lambda: _create_run(config, run_dir, overwrite))
+    elif dist.is_main:
+        # metrics.jsonl may run past the checkpoint (or end in half a line after a kill): rewrite it
+        # from the checkpoint's history, which is exactly what was logged up to its iteration
+        write_text_atomic("".join(json.dumps(r) + "\n" for r in state.history), run_dir / METRICS)
+        for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed save_atomic
+            leftover.unlink()
 
     def on_log(state: LoopState) -> None:
         it = state.iteration
@@ -86,16 +163,29 @@ def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = Fa
                 state.best = score
                 save_atomic({"algorithm": algorithm.state_dict(), "model_args": args, "iteration": it,
                              "val": score}, run_dir / BEST)
-        if config.checkpoint_every and it % config.checkpoint_every < config.log_every:
-            save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler)
 
-    meta_train(
-        algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
-        meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
-        state=state, log_every=config.log_every, metrics_path=run_dir / METRICS, on_log=on_log, progress=progress,
-        max_minutes=config.max_minutes,
-    )
-    save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler)
+    def save(state: LoopState) -> None:
+        save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler, {"model_args": args})
+
+    stop = StopRequest()
+    main = dist.is_main
+    try:
+        with stop.installed():
+            meta_train(
+                algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
+                meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
+                state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
+                on_log=on_log if main else None, checkpoint=save if main else None,
+                checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
+                max_minutes=config.max_minutes,
+            )
+    except (Interrupted, FloatingPointError):
+        dist.close(barrier=True)  # every rank stops at the same iteration (the decision is all-reduced)
+        raise
+    dist.close(barrier=True)  # the rest is rank 0's alone
+    if not main:
+        return None
+    save(state)
     save_atomic({"model_args": args}, run_dir / "model_args.pt")
     if config.data.name == "sinusoid" and config.baseline_iterations:
         train_baselines(config, run_dir, tasks, build_model(config, args))
@@ -138,7 +228,7 @@ def load(run_dir: str | Path, which: str = "best") -> nn.Module:
     checkpoint = load_checkpoint(path)
     args = load_checkpoint(run_dir / "model_args.pt")["model_args"] if "model_args" not in checkpoint \
         else checkpoint["model_args"]
-    algorithm = build_algorithm(config, build_model(config, args))
+    algorithm = build_algorithm(config, build_model(config, args)).to(DTYPES[config.dtype])
     algorithm.load_state_dict(checkpoint["algorithm"])
     return algorithm
 
@@ -163,6 +253,8 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     config = cfg.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
     algorithm = load(run_dir)
     assert config is not None
+    if num_tasks is not None and num_tasks < 1:
+        raise ValueError(f"tasks={num_tasks}; evaluate on at least 1 task (the protocol uses 600)")
     num_tasks = num_tasks or config.eval_tasks
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = build_tasks(config, "test")

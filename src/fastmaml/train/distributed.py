@@ -1,0 +1,168 @@
+"""Multi-process meta-training on ``torch.distributed``: an execution detail of the training loop.
+
+Every rank samples the SAME full meta-batch from the same seeded generator and keeps its contiguous
+shard (``TaskBatch.shard``). Each rank's backward leaves the mean meta-gradient of its own tasks in
+``.grad``; :meth:`Context.allreduce_grads` turns that into the exact global mean,
+``sum_r grad_r * tasks_r / tasks``, so N processes train the same model as one process on the same
+tasks (up to floating-point summation order). Only rank 0 logs and writes files.
+
+Launch with ``torchrun --nproc_per_node=N -m fastmaml.cli train ...`` (or the ``fastmaml`` script):
+the process group is set up from the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` /
+``MASTER_PORT`` variables torchrun sets; gloo carries CPU tensors, NCCL CUDA ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+T = TypeVar("T")
+# Errors rank 0 may hit while opening a run; re-raised with the same type on every other rank.
+SHARED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
+                 KeyError)
+
+
+class Context:
+    """This process's place in the job. ``world_size == 1`` is plain single-process training.
+
+    Attributes:
+        rank: global rank (0 logs and writes files); local_rank: rank on this node (picks the GPU).
+        comm_seconds: wall time spent in gradient all-reduces (including waiting for slower ranks).
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.comm_seconds = 0.0
+        self.owns_group = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def device(self, device: str) -> torch.device:
+        """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when there are several ranks."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None and self.enabled:
+            device = torch.device("cuda", self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
+
+    def check_meta_batch(self, meta_batch_size: int) -> None:
+        if meta_batch_size % self.world_size:
+            raise ValueError(f"meta_batch_size={meta_batch_size} does not split evenly over {self.world_size} "
+                             f"processes; make it a multiple of {self.world_size}")
+
+    def shard(self, batch):
+        """This rank's contiguous share of a full meta-batch (the whole batch on one process)."""
+        return batch.shard(self.rank, self.world_size) if self.enabled else batch
+
+    def allreduce_grads(self, params: Iterable[nn.Parameter], loss: Tensor, local_tasks: int, global_tasks: int,
+                        flags: tuple[bool, ...] = ()) -> tuple[Tensor, tuple[bool, ...]]:
+        """Make every ``.grad`` the global mean meta-gradient; return the global mean loss and, per flag,
+        whether any rank raised it.
+
+        The loss and the flags travel in the same buffer as the gradients: one all-reduce per
+        iteration per dtype, and every rank leaves the iteration with the same loss, gradients and
+        decisions (so a signal to one rank, or one rank's clock, stops all of them at the same iteration).
+        """
+        if not self.enabled:
+            return loss, tuple(flags)
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        grads = [p.grad for p in params if p.grad is not None]
+        weight = local_tasks / global_tasks
+        groups: dict[tuple, list[Tensor]] = {}
+        for g in grads:
+            groups.setdefault((g.dtype, g.device), []).append(g)
+        if not groups:
+            groups[(loss.dtype, loss.device)] = []
+        out_loss, out_flags = loss, tuple(flags)
+        extra = 1 + len(flags)
+        for i, ((dtype, device), group) in enumerate(groups.items()):
+            parts = [g.reshape(-1) for g in group]
+            if i == 0:  # (loss, *flags) ride at the end of the first buffer
+                parts.append(loss.detach().to(device, dtype).reshape(1))
+                parts.append(torch.zeros(len(flags), device=device, dtype=dtype))
+            flat = torch.cat(parts).mul_(weight)
+            if i == 0 and flags:
+                # counts of ranks that raised each flag, not weighted
+                flat[-len(flags):] = torch.tensor([float(f) for f in flags], dtype=dtype)
+            dist.all_reduce(flat)
+            offset = 0
+            for g in group:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+            if i == 0:
+                tail = flat[-extra:].tolist()
+                out_loss = flat[-extra].to(loss.dtype)
+                out_flags = tuple(v > 0 for v in tail[1:])
+        self.comm_seconds += time.perf_counter() - start
+        return out_loss, out_flags
+
+    def run_on_main(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0 only; its result (or its user error) is sent to every rank.
+
+        Rank 0 alone touches the run folder, so other ranks need no shared file system and never
+        hang waiting for a rank that failed.
+        """
+        if not self.enabled:
+            return fn()
+        import torch.distributed as dist
+
+        message: list[Any] = [None, None]
+        if self.is_main:
+            try:
+                message = [fn(), None]
+            except SHARED_ERRORS as error:
+                message = [None, (type(error).__name__, str(error))]
+        dist.broadcast_object_list(message, src=0, device=torch.device("cpu"))
+        result, error = message
+        if error is not None:
+            name, text = error
+            raise {cls.__name__: cls for cls in SHARED_ERRORS}[name](text)
+        return result
+
+    def close(self, barrier: bool = False) -> None:
+        """Leave the process group. ``barrier=True`` when every rank gets here together (after the loop):
+        ranks that tear down gloo at different moments can abort in its connection threads."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if barrier:
+                dist.barrier()
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def from_env() -> Context:
+    """The context torchrun describes in the environment; joins the process group when there are several ranks.
+
+    Uses gloo for CPU tensors and, when CUDA is available, NCCL for CUDA tensors.
+    """
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+        return Context()
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE is set but not {', '.join(missing)}; launch with torchrun "
+                         "(see docs/distributed.md)")
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ImportError("this torch build has no torch.distributed; install a torch with distributed support")
+    context = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
+        context.owns_group = True
+    return context
