@@ -79,17 +79,6 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def eager_step(algorithm: nn.Module) -> Step:
-    """The outer loss of a meta-batch; its meta-gradient is left in ``.grad``."""
-
-    def step(batch: TaskBatch) -> Tensor:
-        loss = algorithm.outer_loss(batch)
-        loss.backward()
-        return loss.detach()
-
-    return step
-
-
 def make_step(algorithm: nn.Module, compile: bool) -> Step:
     """The fastest exact outer step for the workload (benchmarks/RESULTS.md, "Speed").
 
@@ -174,7 +163,7 @@ def meta_train(
     meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
     """
     state = state or LoopState()
-    step = step or eager_step(algorithm)
+    step = step or make_step(algorithm, compile=False)
     dist = dist or Context()
     dist.check_meta_batch(meta_batch_size)
     params = [p for p in algorithm.parameters() if p.requires_grad]
