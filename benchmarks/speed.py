@@ -163,8 +163,8 @@ def worker(spec: dict) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
     median = sorted(times)[len(times) // 2]
     cpu_median = sorted(cpu_times)[len(cpu_times) // 2]
-    return dict(ms=1e3 * median, cpu_ms=1e3 * cpu_median, tasks_s=len(batch) / median, peak_mb=peak / 1024, loss0=first_loss,
-                first_s=first_time)
+    return dict(ms=1e3 * median, cpu_ms=1e3 * cpu_median, tasks_s=len(batch) / median, peak_mb=peak / 1024,
+                loss0=first_loss, first_s=first_time)
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -215,7 +215,8 @@ def main() -> None:
         return
     mallocs = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
     print(f"# commit {git_commit()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}, iters {args.iters}, warmup {args.warmup}, threads {args.threads or 'default'}")
+          f"python {platform.python_version()}, iters {args.iters}, warmup {args.warmup}, "
+          f"threads {args.threads or 'default'}")
     print("| workload | order | malloc | implementation | ms / iter | CPU ms / iter | tasks / s | peak MB "
           "| vs learn2learn (wall) | vs learn2learn (CPU) | loss0 |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")

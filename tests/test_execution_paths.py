@@ -95,7 +95,7 @@ def test_plain_and_native_batch_norm_agree_and_never_write_running_stats():
         native = native_batch_norm(x, mean, var, w, b, training=training)
         torch.testing.assert_close(plain, native, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(native, F.batch_norm(x, mean.clone(), var.clone(), w, b, training=training))
-    assert torch.equal(mean, torch.zeros(3, dtype=torch.float64)) and torch.equal(var, torch.ones(3, dtype=torch.float64))
+    assert torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.ones_like(var))
 
 
 def test_step_accumulates_into_existing_grad_like_backward():

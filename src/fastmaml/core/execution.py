@@ -1,10 +1,11 @@
 """Running the per-task function over a meta-batch: vmapped, or in a Python loop.
 
 Which is faster depends on the workload, measured on a 2-core CPU with torch 2.13 (benchmarks/speed.py,
-benchmarks/RESULTS.md): on the sinusoid MLP vmap is ~5x faster than the loop (25 tiny tasks, the loop
-pays per-op overhead 25 times); on Conv-4 the loop is faster and far lighter (vmap turns every conv into
-a grouped convolution over all tasks' activations at once and needs the plain-op batch norm). So
-``auto`` uses the loop for models with convolutions and vmap for the rest.
+benchmarks/RESULTS.md, CPU ms per second-order meta-iteration): on the sinusoid MLP vmap takes 3 ms and
+the loop 30 (25 tiny tasks: the loop pays the per-op overhead 25 times); on Conv-4 the loop takes 1164
+(strided) and 3944 (max-pool) and vmap 2607 and 12141, with 2.2x and 1.5x the memory (vmap turns every
+conv into a grouped convolution over all tasks' activations at once and needs the plain-op batch norm).
+So ``auto`` uses the loop for models with convolutions and vmap for the rest.
 """
 
 from __future__ import annotations
