@@ -78,7 +78,7 @@ class MAML(nn.Module):
         state = self.rule.init({name: params[name] for name in self.adapt_names})
         self.rule_state = nn.ParameterDict({_key(n): nn.Parameter(t) for n, t in state.items()})
         self.loss_fn = loss_fn if loss_fn is not None else inner.default_loss
-        self.mapper = TaskMapper(execution, owner=type(model).__name__)
+        self.mapper = TaskMapper(execution, owner=type(model).__name__, model=model)
         self.exact_bn = has_batch_norm(model)
         self._checked_shapes: set[tuple] = set()
 
