@@ -33,4 +33,4 @@ def meta_gradient(algorithm, batch, **kwargs):
 def assert_close_dicts(a, b, rtol=1e-10, atol=1e-12):
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")

@@ -17,7 +17,9 @@ def scalar_linear(w: float) -> nn.Linear:
 
 
 def one_point_batch(x_s, y_s, x_q, y_q):
-    t = lambda v: torch.tensor([[[v]]], dtype=torch.float64)
+    def t(v):
+        return torch.tensor([[[v]]], dtype=torch.float64)  # (tasks=1, examples=1, 1)
+
     return fm.TaskBatch(t(x_s), t(y_s), t(x_q), t(y_q))
 
 

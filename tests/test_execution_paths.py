@@ -11,29 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 import fastmaml as fm
 from fastmaml.core.batchnorm import batch_norm, native_batch_norm
 from fastmaml.core.compiled import CompiledOuterStep, OuterStep, outer_step
 from fastmaml.core.execution import TaskMapper, prefers_loop
+from helpers import reference_meta_gradient
 
 LR = 0.3
-
-
-def reference_meta_gradient(model, batch, steps, first_order):
-    """MAML's meta-gradient by a Python loop over tasks with ``torch.autograd.grad(create_graph=True)``."""
-    names, params = zip(*model.named_parameters())
-    total = 0.0
-    for i in range(len(batch)):
-        fast = list(params)
-        for _ in range(steps):
-            out = functional_call(model, dict(zip(names, fast)), (batch.support_x[i],))
-            grads = torch.autograd.grad(F.cross_entropy(out, batch.support_y[i]), fast, create_graph=not first_order)
-            fast = [p - LR * g for p, g in zip(fast, grads)]
-        out = functional_call(model, dict(zip(names, fast)), (batch.query_x[i],))
-        total = total + F.cross_entropy(out, batch.query_y[i])
-    return dict(zip(names, torch.autograd.grad(total / len(batch), params)))
 
 
 def conv_problem(pool):
@@ -76,7 +61,7 @@ PATHS = {
 @pytest.mark.parametrize("first_order", [False, True])
 def test_every_path_matches_autograd_reference(pool, steps, first_order):
     model, batch = conv_problem(pool)
-    expected = reference_meta_gradient(model, batch, steps, first_order)
+    expected = reference_meta_gradient(model, batch, LR, steps, first_order, F.cross_entropy)
     for path, (execution, run) in PATHS.items():
         maml = fm.MAML(model, LR, steps, first_order, F.cross_entropy, execution=execution)
         got = run(maml, batch)

@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
-
 import fastmaml as fm
 from fastmaml.tasks.episodes import EpisodicTasks
+from helpers import meta_gradient, reference_meta_gradient
 
 
 def tiny_batch(tasks: int = 2, channels: int = 3) -> fm.TaskBatch:
@@ -14,28 +13,6 @@ def tiny_batch(tasks: int = 2, channels: int = 3) -> fm.TaskBatch:
     return EpisodicTasks(images, torch.arange(4).repeat(6), ways=3, shots=2, query_shots=2).sample_tasks(
         tasks, torch.Generator().manual_seed(1)
     )
-
-
-def meta_gradient(maml: fm.MAML, batch: fm.TaskBatch) -> dict[str, torch.Tensor]:
-    maml.zero_grad(set_to_none=True)
-    maml.outer_loss(batch).backward()
-    return {n: p.grad.clone() for n, p in maml.model.named_parameters()}
-
-
-def autograd_meta_gradient(model, batch, lr, steps):
-    """Second-order MAML by torch.autograd.grad(create_graph=True), native BatchNorm, no vmap."""
-    names, params = zip(*model.named_parameters())
-    total = 0.0
-    for i in range(len(batch)):
-        fast = list(params)
-        for _ in range(steps):
-            logits = functional_call(model, dict(zip(names, fast)), (batch.support_x[i],))
-            loss = F.cross_entropy(logits, batch.support_y[i])
-            grads = torch.autograd.grad(loss, fast, create_graph=True)
-            fast = [p - lr * g for p, g in zip(fast, grads)]
-        logits = functional_call(model, dict(zip(names, fast)), (batch.query_x[i],))
-        total = total + F.cross_entropy(logits, batch.query_y[i])
-    return dict(zip(names, torch.autograd.grad(total / len(batch), params)))
 
 
 def test_resnet12_shapes_and_no_running_statistics():
@@ -55,7 +32,7 @@ def test_resnet12_maml_vmap_equals_loop_equals_autograd_float64():
     batch = tiny_batch()
     vmap = meta_gradient(fm.MAML(model, inner_lr=0.1, inner_steps=1, execution="vmap"), batch)
     loop = meta_gradient(fm.MAML(model, inner_lr=0.1, inner_steps=1, execution="loop"), batch)
-    reference = autograd_meta_gradient(model, batch, lr=0.1, steps=1)
+    reference = reference_meta_gradient(model, batch, 0.1, 1, False, F.cross_entropy)
     assert set(vmap) == set(reference) and len(vmap) == 4 * 12 + 2  # per block: 4 convs, 4 BatchNorms (weight, bias)
     for name in reference:
         torch.testing.assert_close(vmap[name], loop[name], rtol=1e-9, atol=1e-12, msg=name)

@@ -6,4 +6,7 @@ from fastmaml.tasks import EpisodicTasks, Sinusoid, TaskBatch
 from fastmaml.train import TrainConfig, evaluate, fit, load
 
 __version__ = "0.1.0"
-__all__ = ["ANIL", "FOMAML", "IMAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "build", "EpisodicTasks", "MAML", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models"]
+__all__ = [
+    "ANIL", "FOMAML", "IMAML", "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "build",
+    "EpisodicTasks", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models",
+]

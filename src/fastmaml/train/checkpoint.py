@@ -6,8 +6,9 @@ import os
 import pickle
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -23,14 +24,14 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that a crash at any moment leaves either the old or the new file."""
+def _write_atomic(path: Path, mode: str, write: Callable[[IO], None]) -> None:
+    """Write through ``write(file)`` so that a crash at any moment leaves the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,20 +45,14 @@ def save_atomic(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)``, atomically (temporary file, fsync, rename)."""
+    _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
 def write_text_atomic(text: str, path: Path) -> None:
-    """``path.write_text(text)``, but a crash leaves the old file or the new one, never half of it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``path.write_text(text)``, atomically."""
+    _write_atomic(path, "w", lambda f: f.write(text))
 
 
 def load_checkpoint(path: Path) -> dict:

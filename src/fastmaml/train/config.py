@@ -113,7 +113,8 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ValueError(f"unknown config key {prefix}{key!r}{hint}; valid keys: {', '.join(prefix + k for k in fields)}")
+            valid = ", ".join(prefix + k for k in fields)
+            raise ValueError(f"unknown config key {prefix}{key!r}{hint}; valid keys: {valid}")
         kwargs[key] = _coerce(hints[key], value, prefix + key)
     return cls(**kwargs)
 

@@ -220,7 +220,8 @@ def load(run_dir: str | Path, which: str = "best") -> nn.Module:
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the folder `fastmaml train` wrote")
+        raise FileNotFoundError(
+            f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the folder `fastmaml train` wrote")
     if which not in ("best", "last"):
         raise ValueError(f"which={which!r}; use 'best' or 'last'")
     config = cfg.load(run_dir / CONFIG)
