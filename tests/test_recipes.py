@@ -1,0 +1,50 @@
+"""Every recipe runs end to end as a 2-iteration smoke test (tiny overrides, real or fixture data)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastmaml.cli import main
+from fastmaml.train import config as cfg
+from fixtures import miniimagenet_layout
+
+OMNIGLOT = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
+RECIPES = cfg.recipe_names()
+SMALL = ["iterations=2", "log_every=1", "val_every=1", "val_tasks=2", "eval_tasks=3", "checkpoint_every=1",
+         "threads=0"]
+
+
+def test_the_recipe_count():
+    assert len(RECIPES) == 7
+
+
+@pytest.fixture(scope="module")
+def miniimagenet(tmp_path_factory):
+    return miniimagenet_layout(tmp_path_factory.mktemp("mini"), {"train": 6, "val": 5, "test": 5}, per_class=7,
+                               size=40)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FASTMAML_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
+    overrides = list(SMALL)
+    if recipe == "sinusoid":
+        overrides += ["compile=false", "baseline_iterations=2", "val_every=0"]
+    elif recipe.startswith("omniglot"):
+        if not OMNIGLOT.is_dir():
+            pytest.skip(f"the Omniglot data is not at {OMNIGLOT}")
+        overrides += [f"data.root={OMNIGLOT}", "model.filters=8", "meta_batch_size=2"]
+    else:
+        overrides += [f"data.root={miniimagenet}", "model.filters=4", "data.query_shots=2"]
+    assert main(["train", recipe, *overrides, "--out", str(tmp_path / "run"), "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    metric = "loss" if recipe == "sinusoid" else "accuracy"
+    assert results[cfg.resolve(recipe).algorithm][metric][0]["mean"] >= 0
+    if recipe != "sinusoid":
+        assert (tmp_path / "run" / "best.pt").is_file()
