@@ -48,3 +48,6 @@ def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
     assert results[cfg.resolve(recipe).algorithm][metric][0]["mean"] >= 0
     if recipe != "sinusoid":
         assert (tmp_path / "run" / "best.pt").is_file()
+    if recipe in ("omniglot-5w1s", "miniimagenet-5w1s"):  # accuracy curves and one task's images
+        assert main(["plot", str(tmp_path / "run")]) == 0
+        assert (tmp_path / "run" / "plot.png").stat().st_size > 20_000

@@ -110,7 +110,10 @@ def task_panel(fig, cell, algorithm, config, seed: int) -> None:
     with torch.no_grad():
         predicted = algorithm.predict(params, batch.query_x[0]).argmax(-1)
     support = list(zip(batch.support_x[0], batch.support_y[0].tolist(), [None] * len(batch.support_y[0])))
-    query = list(zip(batch.query_x[0], batch.query_y[0].tolist(), predicted.tolist()))[: 2 * config.data.ways]
+    labels = batch.query_y[0]
+    # two query examples of each class (the query set is grouped by class)
+    shown = [i for c in range(config.data.ways) for i in (labels == c).nonzero().flatten()[:2].tolist()]
+    query = [(batch.query_x[0, i], labels[i].item(), predicted[i].item()) for i in shown]
     items = support + query
     columns = min(len(items), 15)
     rows = (len(items) + columns - 1) // columns
