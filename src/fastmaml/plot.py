@@ -74,12 +74,14 @@ def sinusoid_panel(ax, algorithm, config, seed: int, title: str) -> None:
     support_x = tasks.sample_points(1, config.data.shots, g)[0]  # (K, 1)
     support_y = Sinusoid.evaluate(amplitude, phase, support_x.unsqueeze(0))[0]
     x = torch.linspace(-5, 5, 200).unsqueeze(-1)
-    ax.plot(x, Sinusoid.evaluate(amplitude, phase, x.unsqueeze(0))[0], color="red", label="ground truth")
-    ax.scatter(support_x, support_y, marker="^", color="purple", zorder=3, label=f"{config.data.shots} support points")
+    ax.plot(x.numpy(), Sinusoid.evaluate(amplitude, phase, x.unsqueeze(0))[0].numpy(), color="red",
+            label="ground truth")
+    ax.scatter(support_x.numpy(), support_y.numpy(), marker="^", color="purple", zorder=3,
+               label=f"{config.data.shots} support points")
     for steps, style in ((0, ":"), (1, "--"), (10, "-")):
         params = algorithm.adapt(support_x, support_y, inner_steps=steps)
         with torch.no_grad():
-            ax.plot(x, algorithm.predict(params, x), linestyle=style, color="tab:green",
+            ax.plot(x.numpy(), algorithm.predict(params, x).numpy(), linestyle=style, color="tab:green",
                     label=f"{'pre-update' if steps == 0 else f'{steps} grad step' + ('s' if steps > 1 else '')}")
     ax.set_title(title)
     ax.set_ylim(-6, 6)
@@ -121,7 +123,7 @@ def task_panel(fig, cell, algorithm, config, seed: int) -> None:
     for i, (image, label, guess) in enumerate(items):
         ax = fig.add_subplot(sub[i // columns, i % columns])
         picture = image.permute(1, 2, 0).squeeze(-1)  # (H, W) or (H, W, C)
-        ax.imshow((picture - picture.min()) / (picture.max() - picture.min() + 1e-8), cmap="gray")
+        ax.imshow(((picture - picture.min()) / (picture.max() - picture.min() + 1e-8)).numpy(), cmap="gray")
         ax.set_xticks([])
         ax.set_yticks([])
         if guess is None:
