@@ -98,12 +98,13 @@ def make_step(algorithm: nn.Module, compile: bool) -> Step:
 
 def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str) -> None:
     """Stop before a non-finite loss or meta-gradient reaches the weights (and so any checkpoint)."""
+    value = loss.item()
     grads = [p.grad.detach().abs().amax() for p in params if p.grad is not None and p.grad.numel()]
     # amax propagates NaN; one sync for all parameters
-    if math.isfinite(loss.item()) and (not grads or bool(torch.stack(grads).isfinite().all())):
+    if math.isfinite(value) and (not grads or bool(torch.stack(grads).isfinite().all())):
         return
-    what = "outer loss" if not math.isfinite(loss.item()) else "meta-gradient"
-    raise FloatingPointError(f"the {what} became non-finite (loss {loss.item()}) at iteration {iteration}: lower "
+    what = "outer loss" if not math.isfinite(value) else "meta-gradient"
+    raise FloatingPointError(f"the {what} became non-finite (loss {value}) at iteration {iteration}: lower "
                              f"inner_lr or outer_lr, or check the data for NaN/inf{kept}")
 
 

@@ -186,7 +186,6 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     if not main:
         return None
     save(state)
-    save_atomic({"model_args": args}, run_dir / "model_args.pt")
     if config.data.name == "sinusoid" and config.baseline_iterations:
         train_baselines(config, run_dir, tasks, build_model(config, args))
     return evaluate_run(run_dir) if evaluate_at_end else None
@@ -227,9 +226,9 @@ def load(run_dir: str | Path, which: str = "best") -> nn.Module:
     config = cfg.load(run_dir / CONFIG)
     path = run_dir / BEST if which == "best" and (run_dir / BEST).is_file() else run_dir / LAST
     checkpoint = load_checkpoint(path)
-    args = load_checkpoint(run_dir / "model_args.pt")["model_args"] if "model_args" not in checkpoint \
-        else checkpoint["model_args"]
-    algorithm = build_algorithm(config, build_model(config, args)).to(DTYPES[config.dtype])
+    if "model_args" not in checkpoint:
+        raise ValueError(f"{path} holds no model shape (model_args); it was not written by `fastmaml train`")
+    algorithm = build_algorithm(config, build_model(config, checkpoint["model_args"])).to(DTYPES[config.dtype])
     algorithm.load_state_dict(checkpoint["algorithm"])
     return algorithm
 
@@ -251,9 +250,8 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
 def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None) -> dict:
     """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json``."""
     run_dir = Path(run_dir)
-    config = cfg.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
-    algorithm = load(run_dir)
-    assert config is not None
+    algorithm = load(run_dir)  # raises for a folder that is not a run
+    config = cfg.load(run_dir / CONFIG)
     if num_tasks is not None and num_tasks < 1:
         raise ValueError(f"tasks={num_tasks}; evaluate on at least 1 task (the protocol uses 600)")
     num_tasks = num_tasks or config.eval_tasks
@@ -264,5 +262,5 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
         methods.update(baselines(run_dir))
     results = {name: evaluate(m, tasks, num_tasks, steps, task_generator(config, "test"))
                for name, m in methods.items()}
-    (run_dir / EVAL).write_text(json.dumps(results, indent=1))
+    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL)
     return results
