@@ -3,16 +3,11 @@
 import pytest
 import torch
 
-import fastmaml.data.images as images_module
 from fastmaml.data import episodic_tasks, folder
 from fixtures import image_folder
 
 
-@pytest.fixture(autouse=True)
-def _empty_memory_cache():
-    images_module._MEMORY.clear()
-    yield
-    images_module._MEMORY.clear()
+pytestmark = pytest.mark.usefixtures("empty_memory_cache")
 
 
 def test_grayscale_folder_gives_one_channel_and_a_seeded_split(tmp_path):

@@ -8,11 +8,7 @@ from fastmaml.data import episodic_tasks, miniimagenet
 from fixtures import miniimagenet_layout
 
 
-@pytest.fixture(autouse=True)
-def _empty_memory_cache():
-    images_module._MEMORY.clear()
-    yield
-    images_module._MEMORY.clear()
+pytestmark = pytest.mark.usefixtures("empty_memory_cache")
 
 
 @pytest.fixture

@@ -13,11 +13,7 @@ from fixtures import omniglot_layout
 REAL = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 
 
-@pytest.fixture(autouse=True)
-def _empty_memory_cache():
-    images_module._MEMORY.clear()
-    yield
-    images_module._MEMORY.clear()
+pytestmark = pytest.mark.usefixtures("empty_memory_cache")
 
 
 @pytest.fixture
