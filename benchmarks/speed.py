@@ -33,6 +33,9 @@ WORKLOADS = {
     "sinusoid": dict(tasks=25, support=10, query=10, inner_lr=0.01),
     "conv-stride": dict(tasks=32, ways=5, shots=1, query_shots=15, inner_lr=0.4, pool="stride"),
     "conv-max": dict(tasks=32, ways=5, shots=1, query_shots=15, inner_lr=0.4, pool="max"),
+    # The MAML paper's own code trains Omniglot with shots query images per class (1 for 1-shot).
+    "conv-stride-q1": dict(tasks=32, ways=5, shots=1, query_shots=1, inner_lr=0.4, pool="stride"),
+    "conv-stride-q5": dict(tasks=32, ways=5, shots=1, query_shots=5, inner_lr=0.4, pool="stride"),
 }
 IMPLS = ("fastmaml-step", "fastmaml-loop", "fastmaml-vmap", "fastmaml-compiled", "learn2learn", "higher")
 

@@ -123,3 +123,32 @@ def test_mlp_slices_like_a_sequential():
     body = model[:4]
     assert len(body) == 4 and body[0] is model[0]
     assert body(torch.zeros(3, 1)).shape == (3, 4)
+
+
+def test_eval_query_shots_apply_to_val_and_test_only():
+    from fastmaml.train.build import build_tasks
+
+    config = cfg.resolve("sinusoid", ["data.query_shots=3", "data.eval_query_shots=7"])
+    generator = torch.Generator().manual_seed(0)
+    assert build_tasks(config, "train").sample_tasks(2, generator).query_x.shape[1] == 3
+    for split in ("val", "test"):
+        assert build_tasks(config, split).sample_tasks(2, generator).query_x.shape[1] == 7
+
+
+def test_cosine_lr_schedule_anneals_the_outer_rate_to_zero():
+    from fastmaml.train.build import build_algorithm, build_model, build_optimizer, build_scheduler
+
+    config = cfg.resolve("sinusoid", ["lr_schedule=cosine", "iterations=10"])
+    algorithm = build_algorithm(config, build_model(config, {}))
+    optimizer = build_optimizer(config, algorithm.parameters())
+    scheduler = build_scheduler(config, algorithm, optimizer)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == config.outer_lr and all(a > b for a, b in zip(rates, rates[1:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert rates[5] == pytest.approx(config.outer_lr / 2)
+    constant = cfg.resolve("sinusoid")
+    assert build_scheduler(constant, algorithm, build_optimizer(constant, algorithm.parameters())) is None

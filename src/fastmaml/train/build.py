@@ -19,14 +19,17 @@ SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 def build_tasks(config: TrainConfig, split: str):
     """The task distribution of one split (an object with ``sample_tasks(tasks, generator)``)."""
     data = config.data
+    query_shots = data.query_shots
+    if split != "train" and data.eval_query_shots is not None:
+        query_shots = data.eval_query_shots
     if data.name == "sinusoid":
-        return Sinusoid(shots=data.shots, query_shots=data.query_shots)
+        return Sinusoid(shots=data.shots, query_shots=query_shots)
     from fastmaml.data import episodic_tasks
 
     if data.root is None:
         raise ValueError(f"data.name={data.name} needs the data set's folder; pass data.root=PATH")
     return episodic_tasks(
-        data.name, data.root, split, ways=data.ways, shots=data.shots, query_shots=data.query_shots,
+        data.name, data.root, split, ways=data.ways, shots=data.shots, query_shots=query_shots,
         image_size=data.image_size, rotations=data.rotations and split == "train", cache_dir=data.cache_dir,
         split_scheme=data.split_scheme,
     )
@@ -75,3 +78,15 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> 
     if config.optimizer == "adam":
         return cls(parameters, lr=config.outer_lr)
     return cls(parameters, lr=config.outer_lr, momentum=config.momentum)
+
+
+def build_scheduler(config: TrainConfig, algorithm: nn.Module, optimizer: torch.optim.Optimizer):
+    """The outer learning-rate schedule, stepped once per outer step: the algorithm's own (MAML++'s
+    cosine annealing) or ``lr_schedule=cosine``, which anneals ``outer_lr`` to 0 over ``iterations``."""
+    own = algorithm.scheduler(optimizer, config.iterations) if hasattr(algorithm, "scheduler") else None
+    if config.lr_schedule == "constant":
+        return own
+    if own is not None:
+        raise ValueError(f"algorithm={config.algorithm} already anneals the outer learning rate; "
+                         "drop lr_schedule=cosine or switch the algorithm's own schedule off")
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.iterations, 1))

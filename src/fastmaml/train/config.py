@@ -14,13 +14,19 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where tasks come from. ``name``: sinusoid | omniglot | miniimagenet | folder."""
+    """Where tasks come from. ``name``: sinusoid | omniglot | miniimagenet | folder.
+
+    ``query_shots`` query examples per class train the model; meta-val and meta-test tasks have
+    ``eval_query_shots`` (default: ``query_shots``), so a recipe can train on the paper's small query
+    sets and still score every test task on many images.
+    """
 
     name: str = "sinusoid"
     root: str | None = None
     ways: int = 5
     shots: int = 10
     query_shots: int = 10
+    eval_query_shots: int | None = None
     image_size: int | None = None
     rotations: bool = False
     split_scheme: str = "maml"
@@ -50,6 +56,7 @@ class TrainConfig:
     eval_inner_steps: int = 10
     first_order: bool | None = None
     outer_lr: float = 1e-3
+    lr_schedule: str = "constant"
     optimizer: str = "adam"
     momentum: float = 0.0
     meta_batch_size: int = 25
@@ -81,12 +88,12 @@ class TrainConfig:
         if not self.outer_lr > 0:
             raise ValueError(f"outer_lr={self.outer_lr}; it must be > 0")
         choices = {"optimizer": ("adam", "sgd", "rmsprop"), "execution": ("auto", "vmap", "loop"),
-                   "dtype": ("float32", "float64")}
+                   "dtype": ("float32", "float64"), "lr_schedule": ("constant", "cosine")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; use one of {', '.join(valid)}")
-        for name in ("ways", "shots", "query_shots"):
-            if getattr(self.data, name) < 1:
+        for name in ("ways", "shots", "query_shots", "eval_query_shots"):
+            if getattr(self.data, name) is not None and getattr(self.data, name) < 1:
                 raise ValueError(f"data.{name}={getattr(self.data, name)}; it must be >= 1")
 
 

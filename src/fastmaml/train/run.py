@@ -19,6 +19,7 @@ from fastmaml.train.build import (
     build_algorithm,
     build_model,
     build_optimizer,
+    build_scheduler,
     build_tasks,
     model_args,
     task_generator,
@@ -138,7 +139,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     args = model_args(config, tasks)
     algorithm = build_algorithm(config, build_model(config, args)).to(device=device, dtype=DTYPES[config.dtype])
     optimizer = build_optimizer(config, algorithm.parameters())
-    scheduler = algorithm.scheduler(optimizer, config.iterations) if hasattr(algorithm, "scheduler") else None
+    scheduler = build_scheduler(config, algorithm, optimizer)
     generators = {"train": task_generator(config, "train")}
     state = LoopState()
     if checkpoint is not None:
