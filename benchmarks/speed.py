@@ -36,6 +36,8 @@ WORKLOADS = {
     # The MAML paper's own code trains Omniglot with shots query images per class (1 for 1-shot).
     "conv-stride-q1": dict(tasks=32, ways=5, shots=1, query_shots=1, inner_lr=0.4, pool="stride"),
     "conv-stride-q5": dict(tasks=32, ways=5, shots=1, query_shots=5, inner_lr=0.4, pool="stride"),
+    # Omniglot 20-way 1-shot (paper: 5 steps alpha=0.1, meta-batch 16), 1 query image per class.
+    "conv-20w1s-q1": dict(tasks=16, ways=20, shots=1, query_shots=1, inner_lr=0.1, pool="stride", steps=5),
 }
 IMPLS = ("fastmaml-step", "fastmaml-loop", "fastmaml-vmap", "fastmaml-compiled", "learn2learn", "higher")
 
@@ -68,7 +70,7 @@ def make_problem(workload: str):
     return model, batch, F.cross_entropy
 
 
-def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bool):
+def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bool, steps: int = 1):
     """A closure doing one meta-iteration's forward and backward (the caller zeroes grads and steps)."""
     import torch
 
@@ -81,16 +83,16 @@ def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bo
         if execution == "compiled":
             from fastmaml.core.compiled import CompiledOuterStep
 
-            maml = fm.MAML(model, inner_lr, 1, first_order, loss_fn)
+            maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn)
             step = CompiledOuterStep(maml)
             return maml, lambda: step(batch)
         if execution == "step":
             from fastmaml.core.compiled import outer_step
 
-            maml = fm.MAML(model, inner_lr, 1, first_order, loss_fn)
+            maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn)
             step = outer_step(maml)  # the trainer's path: loop for convolutions, compiled otherwise
             return maml, lambda: step(batch)
-        maml = fm.MAML(model, inner_lr, 1, first_order, loss_fn, execution=execution)
+        maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn, execution=execution)
 
         def step():
             loss = maml.outer_loss(batch)
@@ -108,7 +110,8 @@ def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bo
             total = 0.0
             for i in range(tasks):
                 learner = maml.clone()
-                learner.adapt(loss_fn(learner(tensors[0][i]), tensors[1][i]))
+                for _ in range(steps):
+                    learner.adapt(loss_fn(learner(tensors[0][i]), tensors[1][i]))
                 loss = loss_fn(learner(tensors[2][i]), tensors[3][i]) / tasks
                 loss.backward()
                 total += loss.item()
@@ -126,7 +129,8 @@ def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bo
             total = 0.0
             for i in range(tasks):
                 with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
-                    diffopt.step(loss_fn(fmodel(tensors[0][i]), tensors[1][i]), grad_callback=detach)
+                    for _ in range(steps):
+                        diffopt.step(loss_fn(fmodel(tensors[0][i]), tensors[1][i]), grad_callback=detach)
                     loss = loss_fn(fmodel(tensors[2][i]), tensors[3][i]) / tasks
                     loss.backward()
                     total += loss.item()
@@ -145,7 +149,7 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     model, batch, loss_fn = make_problem(spec["workload"])
     owner, step = make_step(spec["impl"], model, batch, loss_fn, WORKLOADS[spec["workload"]]["inner_lr"],
-                            spec["first_order"])
+                            spec["first_order"], WORKLOADS[spec["workload"]].get("steps", 1))
     # Fused Adam for every implementation: 48 instead of 158 us per step on the MLP, same update.
     opt = torch.optim.Adam(owner.parameters(), lr=1e-3, fused=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
