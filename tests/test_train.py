@@ -152,3 +152,12 @@ def test_cosine_lr_schedule_anneals_the_outer_rate_to_zero():
     assert rates[5] == pytest.approx(config.outer_lr / 2)
     constant = cfg.resolve("sinusoid")
     assert build_scheduler(constant, algorithm, build_optimizer(constant, algorithm.parameters())) is None
+
+
+def test_the_last_iteration_is_always_validated(tmp_path):
+    config = cfg.resolve("sinusoid", ["iterations=7", "log_every=2", "val_every=4", "val_tasks=5",
+                                      "meta_batch_size=2", "baseline_iterations=0", "eval_tasks=5"])
+    runs.train(config, tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if "val" in r] == [4, 7]
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] in (4, 7)

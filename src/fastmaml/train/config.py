@@ -56,7 +56,7 @@ class TrainConfig:
     eval_inner_steps: int = 10
     first_order: bool | None = None
     outer_lr: float = 1e-3
-    lr_schedule: str = "constant"
+    lr_schedule: str = "constant"  # or "cosine": anneal outer_lr to 0 over `iterations`
     optimizer: str = "adam"
     momentum: float = 0.0
     meta_batch_size: int = 25

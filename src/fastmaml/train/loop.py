@@ -146,7 +146,7 @@ def meta_train(
     state: LoopState | None = None,
     log_every: int = 100,
     metrics_path: Path | None = None,
-    on_log: Callable[[LoopState], None] | None = None,
+    on_log: Callable[[LoopState, bool], None] | None = None,
     checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every: int = 0,
     stop: StopRequest | None = None,
@@ -157,11 +157,11 @@ def meta_train(
     """Run outer steps from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
 
     Every ``log_every`` iterations the mean outer loss since the last log is recorded: ``on_log`` is
-    called (validation may add to the record), then the record is appended to ``metrics_path``
-    (JSON lines). Every ``checkpoint_every`` iterations, and when ``stop`` reports a signal,
-    ``checkpoint(state)`` is called; after a signal the loop raises :class:`Interrupted`. With a
-    ``dist`` context of several ranks each rank trains on its shard of every meta-batch and the
-    meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
+    called with the state and whether this is the run's last log (validation may add to the record),
+    then the record is appended to ``metrics_path`` (JSON lines). Every ``checkpoint_every``
+    iterations, and when ``stop`` reports a signal, ``checkpoint(state)`` is called; after a signal
+    the loop raises :class:`Interrupted`. With a ``dist`` context of several ranks each rank trains on
+    its shard of every meta-batch and the meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
     """
     state = state or LoopState()
     step = step or make_step(algorithm, compile=False)
@@ -201,7 +201,7 @@ def meta_train(
                           "tasks_per_s": count * meta_batch_size / elapsed}
                 state.history.append(record)
                 if on_log is not None:
-                    on_log(state)
+                    on_log(state, state.iteration == iterations or out_of_time)
                 if metrics_path is not None:
                     with metrics_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")

@@ -153,9 +153,10 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed save_atomic
             leftover.unlink()
 
-    def on_log(state: LoopState) -> None:
+    def on_log(state: LoopState, last: bool) -> None:
         it = state.iteration
-        if val_tasks is not None and it % config.val_every < config.log_every:
+        # the last model (after a whole cosine schedule, often the best) is always validated
+        if val_tasks is not None and (it % config.val_every < config.log_every or last):
             result = evaluate(algorithm, val_tasks, config.val_tasks, config.eval_inner_steps,
                               task_generator(config, "val"))
             score = _score(result)
