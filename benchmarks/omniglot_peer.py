@@ -9,7 +9,7 @@ meta-test tasks are exactly those of ``fastmaml train RECIPE`` with the same ove
 Run (from the repository root, in a venv with learn2learn; ../shared/tools/install-peers.sh)::
 
     PYTHONPATH=src python benchmarks/omniglot_peer.py omniglot-5w1s data.root=../shared/data/omniglot \\
-        data.query_shots=1 max_minutes=60 threads=1 --out runs/l2l-5w1s.json
+        data.query_shots=5 threads=1 max_minutes=60 val_every=500 val_tasks=200 --out runs/l2l-5w1s-q5.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fastmaml.train import config as cfg
 from fastmaml.train.build import build_tasks, task_generator
-from fastmaml.train.evaluate import mean_ci95
+from fastmaml.train.evaluate import _per_step
 
 # learn2learn's documented Omniglot settings (examples/vision/maml_omniglot.py)
 L2L_FAST_LR, L2L_META_LR = 0.5, 0.003
@@ -50,8 +50,7 @@ def evaluate(maml, tasks, num_tasks: int, steps: int, generator: torch.Generator
     rows = []
     for start in range(0, num_tasks, chunk):
         rows.append(accuracies(maml, tasks.sample_tasks(min(chunk, num_tasks - start), generator), steps))
-    values = torch.cat(rows)
-    return [dict(zip(("mean", "ci95"), mean_ci95(values[:, s]))) for s in range(steps + 1)]
+    return _per_step(torch.cat(rows))
 
 
 def main() -> None:
