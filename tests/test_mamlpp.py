@@ -55,6 +55,25 @@ def test_msl_outer_loss_is_the_weighted_per_step_query_loss_then_the_final_one()
     torch.testing.assert_close(algo.outer_loss(data), tracked[:, -1].mean(), atol=1e-14, rtol=0)
 
 
+def test_msl_with_one_step_is_the_final_loss_without_the_query_forward_before_adaptation(monkeypatch):
+    data = batch()
+    msl = MAMLPlusPlus(mlp(), inner_lr=0.2, inner_steps=1, **{**OFF, "multi_step_loss": True})
+    off = MAMLPlusPlus(mlp(), inner_lr=0.2, inner_steps=1, **OFF)
+    msl.begin_iteration(0, 100)
+    tracks = []
+    original = MAMLPlusPlus.task_losses
+    monkeypatch.setattr(
+        MAMLPlusPlus,
+        "task_losses",
+        lambda self, *a, track=False: tracks.append(track) or original(self, *a, track=track),
+    )
+    loss_msl, loss_off = msl.outer_loss(data), off.outer_loss(data)
+    assert tracks == [False, False]
+    assert torch.equal(loss_msl, loss_off)
+    got, want = grads(msl, loss_msl), grads(off, loss_off)
+    assert all(torch.equal(got[n], want[n]) for n in want)
+
+
 # -- derivative-order annealing ------------------------------------------------------------------------
 
 
@@ -163,9 +182,7 @@ def test_statistics_of_step_k_are_the_moving_average_of_query_batches_at_step_k(
     hook.remove()
     means = algo.norm.get_buffer("running_mean:1")
     assert (means[0] - means[2]).abs().max() > 1e-4  # the steps really see different statistics
-    assert torch.equal(
-        algo.model[1].running_mean, initial["model.1.running_mean"]
-    )  # the model's own: untouched
+    assert torch.equal(algo.model[1].running_mean, initial["model.1.running_mean"])  # the model's own: untouched
 
 
 def test_meta_test_never_writes_statistics():
@@ -227,17 +244,13 @@ def test_bn_switches_follow_the_model_and_reject_what_it_lacks():
     assert MAMLPlusPlus(mlp()).norm is None
     with pytest.raises(ValueError, match="per_step_bn_weights=True but the model has no affine BatchNorm"):
         MAMLPlusPlus(mlp(), per_step_bn_weights=True)
-    with pytest.raises(
-        ValueError, match="per_step_bn_statistics=True but the model has no BatchNorm with track"
-    ):
+    with pytest.raises(ValueError, match="per_step_bn_statistics=True but the model has no BatchNorm with track"):
         MAMLPlusPlus(fm.models.Conv4(), per_step_bn_statistics=True)
     model = bn_mlp(track=True)
     model[1].momentum = None
     with pytest.raises(ValueError, match="momentum=None"):
         MAMLPlusPlus(model)
-    with pytest.raises(
-        ValueError, match="multi_step_loss_fraction=1.5; give a fraction of training between 0"
-    ):
+    with pytest.raises(ValueError, match="multi_step_loss_fraction=1.5; give a fraction of training between 0"):
         MAMLPlusPlus(mlp(), multi_step_loss_fraction=1.5)
 
 

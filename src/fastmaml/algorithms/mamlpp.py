@@ -94,9 +94,7 @@ class MAMLPlusPlus(MAML):
             raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
         steps = _check_steps(inner_steps)
         norms = batch_norms(model).values()
-        weights = _switch(
-            per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights", "affine BatchNorm"
-        )
+        weights = _switch(per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights", "affine BatchNorm")
         statistics = _switch(
             per_step_bn_statistics,
             any(m.track_running_stats for m in norms),
@@ -174,7 +172,8 @@ class MAMLPlusPlus(MAML):
         """The MSL-weighted (or final-step) mean query loss; in training mode also updates BNRS statistics."""
         steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
         collect = self.training and self.norm is not None and bool(self.norm.stat_layers)
-        use_msl = self.multi_step_loss and steps > 0 and self.msl_progress < 1
+        # With one step the MSL weights are [1]: the final loss alone, with no query forward before it.
+        use_msl = self.multi_step_loss and steps > 1 and self.msl_progress < 1
         self._collecting = collect
         try:
             # Statistics are recorded in the query forward after every step, so they need track=True.
@@ -184,9 +183,7 @@ class MAMLPlusPlus(MAML):
         if collect:
             self.norm.update_statistics(stats, steps)
         if use_msl:  # losses: (tasks, steps + 1); index 0 is before adaptation and carries no weight
-            weights = torch.tensor(
-                msl_weights(steps, self.msl_progress), dtype=losses.dtype, device=losses.device
-            )
+            weights = torch.tensor(msl_weights(steps, self.msl_progress), dtype=losses.dtype, device=losses.device)
             return (losses[:, 1:] @ weights).mean()
         return (losses[:, -1] if losses.dim() == 2 else losses).mean()
 
