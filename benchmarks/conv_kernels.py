@@ -62,8 +62,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {args.images} images, {args.threads} thread(s); GFLOP/s = 2 * MACs / time")
-    print("| layer (input) | forward ms | input grad ms | weight grad ms | GFLOP/s fwd / input grad / weight grad "
-          "| conv_transpose2d ms | unfold+matmul weight grad ms |")
+    print(
+        "| layer (input) | forward ms | input grad ms | weight grad ms | GFLOP/s fwd / input grad / weight grad "
+        "| conv_transpose2d ms | unfold+matmul weight grad ms |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|")
     for channels, side in ((1, 28), (64, 14), (64, 7), (64, 4)):
         print(layer_row(args.images, channels, side))

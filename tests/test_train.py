@@ -161,3 +161,16 @@ def test_the_last_iteration_is_always_validated(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if "val" in r] == [4, 7]
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["iteration"] in (4, 7)
+
+
+def test_task_scores_are_per_task_and_summarise_to_evaluate():
+    from fastmaml.train.evaluate import evaluate, task_scores
+
+    torch.manual_seed(0)
+    maml = fm.MAML(fm.models.MLP([1, 8, 1]), inner_lr=0.01, inner_steps=2)
+    tasks = fm.tasks.Sinusoid(shots=5)
+    losses, accuracy = task_scores(maml, tasks, 30, 2, torch.Generator().manual_seed(3), chunk=7)
+    summary = evaluate(maml, tasks, 30, 2, torch.Generator().manual_seed(3), chunk=7)
+    assert losses.shape == (30, 3) and accuracy is None  # regression: no accuracy
+    for step in range(3):
+        assert summary["loss"][step]["mean"] == pytest.approx(losses[:, step].double().mean().item(), rel=1e-12)

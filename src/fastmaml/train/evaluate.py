@@ -32,6 +32,25 @@ def evaluate(
     Returns a dict with ``loss`` (and ``accuracy`` for classification): lists over steps of
     ``{"mean", "ci95"}``, plus ``tasks`` and ``inner_steps``. Accuracy is in percent.
     """
+    losses, accuracies = task_scores(algorithm, tasks, num_tasks, inner_steps, generator, chunk)
+    result: dict = {"tasks": num_tasks, "inner_steps": inner_steps}
+    result["loss"] = _per_step(losses)
+    if accuracies is not None:
+        result["accuracy"] = _per_step(accuracies)
+    return result
+
+
+def task_scores(
+    algorithm: nn.Module,
+    tasks,
+    num_tasks: int,
+    inner_steps: int,
+    generator: torch.Generator,
+    chunk: int = EVAL_CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-task query loss and accuracy (percent; None for regression), each ``(num_tasks, inner_steps + 1)``:
+    before adaptation and after each step. The same generator state gives the same tasks, so two
+    algorithms' scores can be compared task by task."""
     losses, accuracies = [], []
     device, dtype = next(algorithm.parameters()).device, next(algorithm.parameters()).dtype
     with torch.no_grad():
@@ -43,11 +62,7 @@ def evaluate(
                 # predictions (tasks, steps + 1, query, ways); labels (tasks, query)
                 hits = predictions.argmax(-1) == batch.query_y.unsqueeze(1)
                 accuracies.append(100.0 * hits.double().mean(-1))
-    result: dict = {"tasks": num_tasks, "inner_steps": inner_steps}
-    result["loss"] = _per_step(torch.cat(losses))
-    if accuracies:
-        result["accuracy"] = _per_step(torch.cat(accuracies))
-    return result
+    return torch.cat(losses), torch.cat(accuracies) if accuracies else None
 
 
 def _per_step(values: Tensor) -> list[dict]:
