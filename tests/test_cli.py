@@ -50,3 +50,13 @@ def test_console_script_shows_no_traceback(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "inner_steps=-2" in result.stderr
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path):
+    # `fastmaml recipes | head -1`: the reader is gone before the output; no BrokenPipeError traceback.
+    reader = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    reader.wait()
+    result = subprocess.run([sys.executable, "-m", "fastmaml.cli", "recipes"], stdout=reader.stdin,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    reader.stdin.close()
+    assert result.returncode == 141 and result.stderr == ""

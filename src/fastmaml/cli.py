@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(sys.argv[1:] if argv is None else argv)
+    except BrokenPipeError:
+        # The reader went away (`fastmaml recipes | head -1`): stop quietly, as the shell's tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as error:
         # Interrupted (a KeyboardInterrupt) carries "interrupted at iteration N; resume with ..."
         signum = getattr(error, "signum", signal.SIGINT)
