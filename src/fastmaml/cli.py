@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`fastmaml recipes | head -1`): stop quietly, as the shell's tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 128 + getattr(signal, "SIGPIPE", 13)  # 141, as a shell reports it (no SIGPIPE on Windows)
     except KeyboardInterrupt as error:
         # Interrupted (a KeyboardInterrupt) carries "interrupted at iteration N; resume with ..."
         signum = getattr(error, "signum", signal.SIGINT)
