@@ -30,9 +30,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = config_io.load(args.runs[0] / "config.yaml")
+    configs = {run: config_io.load(run / "config.yaml") for run in args.runs}
+    config = configs[args.runs[0]]
     for run in args.runs[1:]:
-        if config_io.load(run / "config.yaml").data != config.data:
+        if configs[run].data != config.data:
             raise SystemExit(f"error: {run} was trained on other data than {args.runs[0]}; compare runs of one recipe")
     tasks, steps = build_tasks(config, "test"), config.eval_inner_steps
     print(
@@ -54,8 +55,7 @@ def main() -> None:
         else:
             d_mean, d_ci = mean_ci95(final - reference)
             difference = f"{d_mean:+.2f} ± {d_ci:.2f}"
-        name = config_io.load(run / "config.yaml").algorithm
-        print(f"| {run} | {name} | {mean:.2f} ± {ci:.2f} | {difference} |", flush=True)
+        print(f"| {run} | {configs[run].algorithm} | {mean:.2f} ± {ci:.2f} | {difference} |", flush=True)
 
 
 if __name__ == "__main__":
