@@ -184,7 +184,8 @@ def timed(spec: dict, context=None) -> dict:  # type: ignore[no-untyped-def]
     for it in range(spec["warmup"] + spec["iters"]):
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
-        loss = step()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("autocast") == "bfloat16"):
+            loss = step()
         opt.step()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         if first_loss is None:
@@ -270,6 +271,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--malloc", default="both", choices=["default", "tuned", "both"])
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per config before giving up")
+    parser.add_argument("--autocast", default="none", choices=["none", "bfloat16"],
+                        help="run every implementation's forward and backward under torch.autocast (CPU)")
     parser.add_argument("--compiled-conv", action="store_true",
                         help="also compile Conv-4 (the loop over tasks unrolls: minutes of compilation)")
     args = parser.parse_args()
@@ -279,7 +282,7 @@ def main() -> None:
     mallocs = ["default", "tuned"] if args.malloc == "both" else [args.malloc]
     print(f"# commit {git_commit()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"python {platform.python_version()}, iters {args.iters}, warmup {args.warmup}, "
-          f"threads {args.threads or 'default'}")
+          f"threads {args.threads or 'default'}, autocast {args.autocast}")
     print("| workload | order | malloc | implementation | ms / iter | CPU ms / iter | tasks / s | peak MB "
           "| vs learn2learn (wall) | vs learn2learn (CPU) | loss0 |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -291,7 +294,7 @@ def main() -> None:
                     if impl == "fastmaml-compiled" and workload != "sinusoid" and not args.compiled_conv:
                         continue
                     spec = dict(workload=workload, impl=impl, first_order=order == "first", iters=args.iters,
-                                warmup=args.warmup, threads=args.threads)
+                                warmup=args.warmup, threads=args.threads, autocast=args.autocast)
                     rows[impl] = run_one(spec, malloc, args.timeout)
                 ref = rows.get("learn2learn", {})
                 for impl, r in rows.items():
