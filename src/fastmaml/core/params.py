@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import torch
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
@@ -63,7 +62,3 @@ def detached(params: Params) -> Params:
     """A copy of ``params`` cut from the autograd graph (shares storage)."""
     return {name: p.detach() for name, p in params.items()}
 
-
-def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
-    """The L2 norm of several tensors taken as one vector."""
-    return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))

@@ -67,9 +67,11 @@ def build_model(config: TrainConfig, args: dict) -> nn.Module:
 def build_algorithm(config: TrainConfig, model: nn.Module) -> nn.Module:
     from fastmaml.algorithms import build
 
+    # compile: None (the default) lets the library decide ("auto": compile once it pays for itself)
     return build(
         config.algorithm, model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-        first_order=config.first_order, execution=config.execution, **config.algorithm_options,
+        first_order=config.first_order, execution=config.execution, compile=config.compile,
+        **config.algorithm_options,
     )
 
 

@@ -79,21 +79,19 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def make_step(algorithm: nn.Module, compile: bool) -> Step:
-    """The fastest exact outer step for the workload (benchmarks/RESULTS.md, "Speed").
+def make_step(algorithm: nn.Module) -> Step:
+    """One outer step: ``algorithm.outer_loss(batch).backward()``, the documented idiom.
 
-    Convolutional models: tasks one at a time, each task's graph freed by its own backward. Others:
-    the compiled step when ``compile``, else one vmapped graph. An explicit ``execution`` of the
-    algorithm, and algorithms that override the outer loss, always get ``outer_loss().backward()``.
+    The outer loss picks the fastest exact path itself (``fastmaml.core.compiled``), so the trainer runs
+    exactly what a user's own loop runs.
     """
-    from fastmaml.core.compiled import outer_step, plain_outer_loss
-    from fastmaml.core.execution import has_conv
 
-    if not plain_outer_loss(algorithm) or algorithm.mapper.execution != "auto":
-        return outer_step(algorithm, "outer_loss")
-    if compile:
-        return outer_step(algorithm, "compiled")
-    return outer_step(algorithm, "loop" if has_conv(algorithm.model) else "outer_loss")
+    def step(batch: TaskBatch) -> Tensor:
+        loss = algorithm.outer_loss(batch)
+        loss.backward()
+        return loss.detach()
+
+    return step
 
 
 def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str) -> None:
@@ -164,7 +162,7 @@ def meta_train(
     its shard of every meta-batch and the meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
     """
     state = state or LoopState()
-    step = step or make_step(algorithm, compile=False)
+    step = step or make_step(algorithm)
     dist = dist or Context()
     dist.check_meta_batch(meta_batch_size)
     params = [p for p in algorithm.parameters() if p.requires_grad]
