@@ -192,7 +192,7 @@ class OuterEngine:
         model = self.mapper.model
         if execution != "vmap" or model is None or has_conv(model):
             return False
-        if sum(eager) < COMPILE_AFTER_S:
+        if not eager or sum(eager) < COMPILE_AFTER_S:
             return False
         log.info("compile=auto: compiling the outer step after %d eager calls (%.1f s, %.2f ms each)",
                  len(eager), sum(eager), 1e3 * statistics.median(eager))
