@@ -195,7 +195,8 @@ def _reference_with_rule(model, batch, steps, first_order, rule_step):
             loss = F.mse_loss(functional_call(model, dict(zip(names, fast)), (batch.support_x[i],)), batch.support_y[i])
             grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
             fast, state = rule_step(fast, list(grads), state, t)
-        total = total + F.mse_loss(functional_call(model, dict(zip(names, fast)), (batch.query_x[i],)), batch.query_y[i])
+        query = functional_call(model, dict(zip(names, fast)), (batch.query_x[i],))
+        total = total + F.mse_loss(query, batch.query_y[i])
     return dict(zip(names, torch.autograd.grad(total / len(batch), params)))
 
 

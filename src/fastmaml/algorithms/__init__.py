@@ -15,7 +15,7 @@ from torch import nn
 from fastmaml.algorithms.anil import ANIL
 from fastmaml.algorithms.fomaml import FOMAML
 from fastmaml.algorithms.imaml import IMAML
-from fastmaml.algorithms.maml import MAML, Options, option_names
+from fastmaml.algorithms.maml import MAML, MetaOptions, option_names
 from fastmaml.algorithms.mamlpp import MAMLPlusPlus
 from fastmaml.algorithms.metasgd import MetaSGD
 from fastmaml.algorithms.reptile import Reptile
@@ -72,7 +72,7 @@ __all__ = [
     "MAML",
     "MAMLPlusPlus",
     "MetaSGD",
-    "Options",
+    "MetaOptions",
     "Reptile",
     "build",
     "options",

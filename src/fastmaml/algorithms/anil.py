@@ -13,7 +13,7 @@ from dataclasses import KW_ONLY
 
 from torch import nn
 
-from fastmaml.algorithms.maml import MAML, Options
+from fastmaml.algorithms.maml import MAML, MetaOptions
 from fastmaml.core.params import Selector
 
 
@@ -29,7 +29,7 @@ def last_linear(model: nn.Module) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class ANILOptions(Options):
+class ANILOptions(MetaOptions):
     adapt: Selector = dataclasses.field(default=None, init=False)  # the head, below
     _: KW_ONLY
     head: str | Iterable[str] | None = None
@@ -48,8 +48,9 @@ class ANIL(MAML):
     """
 
     Options = ANILOptions
+    options: ANILOptions
 
-    def adapt_selector(self, model: nn.Module, options: Options) -> Selector:
+    def adapt_selector(self, model: nn.Module, options: MetaOptions) -> Selector:
         head = options.head if isinstance(options, ANILOptions) else None
         self.head = last_linear(model) if head is None else head
         return self.head

@@ -27,7 +27,7 @@ from dataclasses import KW_ONLY
 import torch
 from torch import Tensor
 
-from fastmaml.algorithms.maml import MAML, FirstOrderOptions, Options
+from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions
 from fastmaml.core import inner
 from fastmaml.core.objective import TaskContext, surrogate
 from fastmaml.core.params import Params, Selector, detached
@@ -89,7 +89,7 @@ class ImplicitObjective:
 
         query_grad, query_loss = torch.func.grad_and_value(loss)(phi, query_x, query_y)
         # H v by reverse-over-reverse at phi; the vjp is built once and reused by every CG step.
-        _, hvp = torch.func.vjp(lambda p: torch.func.grad(loss)(p, support_x, support_y), phi)
+        _, hvp = torch.func.vjp(lambda p: torch.func.grad(loss)(p, support_x, support_y), phi)  # type: ignore[misc]
         g = conjugate_gradient(lambda v: {n: v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad, self.cg_steps)
         return surrogate(query_loss, ctx.params, g), ()
 
@@ -126,11 +126,12 @@ class IMAML(MAML):
     """
 
     Options = IMAMLOptions
+    options: IMAMLOptions
 
     def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, *args, **kwargs)
         self.lam, self.cg_steps = float(self.options.lam), int(self.options.cg_steps)
         self.objective = ImplicitObjective(self.lam, self.cg_steps)
 
-    def inner_rule(self, options: Options) -> UpdateRule:
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
         return proximal(options.inner_lr, float(options.lam))  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ module: parameters travel as dicts through ``torch.func.functional_call``.
 
 Every algorithm of the family is this class composed differently: an inner-loop spec (which parameters
 adapt, first or second order), an update rule (:mod:`fastmaml.core.rules`) and an outer objective
-(:mod:`fastmaml.core.objective`); the options they share are declared once, in :class:`Options`.
+(:mod:`fastmaml.core.objective`); the options they share are declared once, in :class:`MetaOptions`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def check_steps(steps: int) -> int:
 
 
 @dataclass(frozen=True)
-class Options:
+class MetaOptions:
     """The options every algorithm takes, in this order (declared once, so no signature can drift).
 
     Attributes:
@@ -86,18 +86,20 @@ class Options:
 
 
 @dataclass(frozen=True)
-class FirstOrderOptions(Options):
+class FirstOrderOptions(MetaOptions):
     """Options of an algorithm whose inner loop is first-order by definition (FOMAML, Reptile, iMAML)."""
 
     first_order: bool = True
 
     def __post_init__(self) -> None:
         if self.first_order is False:
-            raise ValueError("this algorithm is first-order by definition; drop first_order=false or use algorithm=maml")
+            raise ValueError(
+                "this algorithm is first-order by definition; drop first_order=false or use algorithm=maml"
+            )
         super().__post_init__()
 
 
-def option_names(options: type[Options]) -> tuple[str, ...]:
+def option_names(options: type[MetaOptions]) -> tuple[str, ...]:
     """The constructor options of an algorithm (its ``Options`` fields that ``__init__`` takes), in order."""
     return tuple(f.name for f in dataclasses.fields(options) if f.init)
 
@@ -108,7 +110,7 @@ class MAML(nn.Module):
 
     Args:
         model: any ``nn.Module``; its buffers travel beside the parameters, never mutated.
-        Options: see :class:`Options` (``inner_lr, inner_steps, first_order, loss_fn`` positional).
+        Options: see :class:`MetaOptions` (``inner_lr, inner_steps, first_order, loss_fn`` positional).
 
     ``outer_loss(batch).backward()`` is the fast path: the outer loss computes its meta-gradient by
     the fastest exact path for the workload when it is built (:mod:`fastmaml.core.compiled`).
@@ -120,7 +122,8 @@ class MAML(nn.Module):
         >>> maml.outer_loss(batch).backward()
     """
 
-    Options: ClassVar[type[Options]] = Options
+    Options: ClassVar[type[MetaOptions]] = MetaOptions
+    options: MetaOptions
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,10 +153,10 @@ class MAML(nn.Module):
 
     # -- the composition (an algorithm configures these, it does not override the loops) ----------------
 
-    def adapt_selector(self, model: nn.Module, options: Options) -> Selector:
+    def adapt_selector(self, model: nn.Module, options: MetaOptions) -> Selector:
         return options.adapt
 
-    def inner_rule(self, options: Options) -> UpdateRule:
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
         return options.rule if options.rule is not None else sgd(options.inner_lr)
 
     def spec(self) -> inner.InnerSpec:
@@ -206,8 +209,9 @@ class MAML(nn.Module):
         """
         ctx = self._prepare(batch, inner_steps, state)
 
-        def per_task(*task: Tensor) -> tuple[Tensor, Tensor]:
-            return inner.task_loss(ctx.spec, ctx.params, ctx.buffers, ctx.learned, *task, steps=ctx.steps, track=track)
+        def per_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor]:
+            return inner.task_loss(ctx.spec, ctx.params, ctx.buffers, ctx.learned, support_x, support_y, query_x,
+                                   query_y, steps=ctx.steps, track=track)
 
         with exact_batch_norm(self.exact_bn):
             losses, predictions = self.mapper(per_task, *batch.tensors())
@@ -269,7 +273,7 @@ class MAML(nn.Module):
         self._checked_shapes.add(signature)
 
 
-def _signature(options: type[Options]) -> inspect.Signature:
+def _signature(options: type[MetaOptions]) -> inspect.Signature:
     """``(model, <the options>)``: what ``help()`` and ``inspect.signature`` show for an algorithm class."""
     params = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for f in dataclasses.fields(options):
@@ -279,4 +283,4 @@ def _signature(options: type[Options]) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-MAML.__signature__ = _signature(Options)  # type: ignore[attr-defined]
+MAML.__signature__ = _signature(MetaOptions)  # type: ignore[attr-defined]

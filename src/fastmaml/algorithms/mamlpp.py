@@ -23,7 +23,7 @@ from dataclasses import KW_ONLY
 import torch
 from torch import Tensor, nn
 
-from fastmaml.algorithms.maml import MAML, Options
+from fastmaml.algorithms.maml import MAML, MetaOptions
 from fastmaml.algorithms.per_step_bn import PerStepNorm, batch_norms
 from fastmaml.core import inner
 from fastmaml.core.objective import Objective, QueryLoss, TaskContext
@@ -75,7 +75,7 @@ class RecordingQueryLoss:
 
 
 @dataclasses.dataclass(frozen=True)
-class MAMLPlusPlusOptions(Options):
+class MAMLPlusPlusOptions(MetaOptions):
     inner_steps: int = 5
     adapt: Selector = dataclasses.field(default=None, init=False)  # all but the per-step BatchNorm weights
     rule: UpdateRule | None = dataclasses.field(default=None, init=False)  # learned_lr decides
@@ -115,6 +115,7 @@ class MAMLPlusPlus(MAML):
     """
 
     Options = MAMLPlusPlusOptions
+    options: MAMLPlusPlusOptions
 
     def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         if not isinstance(model, nn.Module):
@@ -135,7 +136,7 @@ class MAMLPlusPlus(MAML):
         self.cosine_annealing, self.min_outer_lr = bool(options.cosine_annealing), float(options.min_outer_lr)
         self.begin_iteration(0, 1)
 
-    def adapt_selector(self, model: nn.Module, options: Options) -> Selector:
+    def adapt_selector(self, model: nn.Module, options: MetaOptions) -> Selector:
         # Per-step BatchNorm weights are learned in the outer loop only, so they stay out of the inner loop.
         norms = batch_norms(model)
         fixed = {f"{layer}.{kind}" if layer else kind for layer, m in norms.items() if m.affine
@@ -144,7 +145,7 @@ class MAMLPlusPlus(MAML):
                                "per_step_bn_weights", "affine BatchNorm")
         return (lambda name, p: name not in fixed) if fixed and uses_weights else None
 
-    def inner_rule(self, options: Options) -> UpdateRule:
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
         learned = options.learned_lr  # type: ignore[attr-defined]
         return per_step(options.inner_lr, options.inner_steps) if learned else sgd(options.inner_lr)
 

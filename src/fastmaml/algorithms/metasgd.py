@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastmaml.algorithms.maml import MAML, Options
+from fastmaml.algorithms.maml import MAML, MetaOptions
 from fastmaml.core.rules import UpdateRule, meta_sgd
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaSGDOptions(Options):
+class MetaSGDOptions(MetaOptions):
     rule: UpdateRule | None = dataclasses.field(default=None, init=False)  # always meta_sgd(inner_lr)
 
 
@@ -32,6 +32,7 @@ class MetaSGD(MAML):
     """
 
     Options = MetaSGDOptions
+    options: MetaSGDOptions
 
-    def inner_rule(self, options: Options) -> UpdateRule:
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
         return meta_sgd(options.inner_lr)

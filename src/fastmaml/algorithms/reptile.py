@@ -73,6 +73,7 @@ class Reptile(MAML):
     """
 
     Options = ReptileOptions
+    options: ReptileOptions
 
     def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(model, *args, **kwargs)

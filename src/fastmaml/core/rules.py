@@ -142,7 +142,9 @@ def momentum(lr: float, beta: float = 0.9, nesterov: bool = False) -> UpdateRule
     return UpdateRule("momentum", update, init=init)
 
 
-def adam(lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eps_root: float = 1e-16) -> UpdateRule:
+def adam(
+    lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eps_root: float = 1e-16
+) -> UpdateRule:
     """Adam (Kingma and Ba 2014, arXiv:1412.6980, Algorithm 1) as an inner rule, bias-corrected.
 
     Departure: ``sqrt(v_hat + eps_root)`` instead of ``sqrt(v_hat)`` (optax's ``eps_root``): the square

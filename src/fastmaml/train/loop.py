@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -79,7 +80,7 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def make_step(algorithm: nn.Module) -> Step:
+def make_step(algorithm: Any) -> Step:
     """One outer step: ``algorithm.outer_loss(batch).backward()``, the documented idiom.
 
     The outer loss picks the fastest exact path itself (``fastmaml.core.compiled``), so the trainer runs
