@@ -158,7 +158,7 @@ class OuterEngine:
     def _loop(self, objective, ctx, tensors, leaves):
         tasks, names, inputs = tensors[0].shape[0], list(leaves), list(leaves.values())
         total: dict[Any, Tensor] = {}
-        value, aux_rows = torch.zeros((), dtype=tensors[0].dtype if tensors[0].is_floating_point() else None), []
+        value, aux_rows = torch.zeros((), device=tensors[0].device), []
         with exact_batch_norm(self.exact_bn):
             for i in range(tasks):
                 loss, aux = objective(ctx, *(t[i] for t in tensors))
