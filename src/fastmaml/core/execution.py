@@ -16,11 +16,12 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
 So vmap runs everything except convolutional models whose tasks are large: over
 :data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 32,768 is about 40 Omniglot
 images) the loop wins. vmap is never chosen for a model where it is not exact (the hook
-``fastmaml.core.batchnorm.vmap_is_exact``, where present).
+``vmap_is_exact`` of ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, where present).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -29,7 +30,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fastmaml.core import batchnorm
 from fastmaml.core.batchnorm import vmapping
 
 Execution = Literal["auto", "vmap", "loop"]
@@ -37,6 +37,7 @@ EXECUTIONS = ("auto", "vmap", "loop")
 VMAP_MAX_CONV_INPUTS = 32_768
 log = logging.getLogger(__name__)
 _CONV = (nn.modules.conv._ConvNd,)
+_VERDICT_MODULES = ("fastmaml.core.exact", "fastmaml.core.batchnorm")
 
 
 def has_conv(model: nn.Module) -> bool:
@@ -45,9 +46,16 @@ def has_conv(model: nn.Module) -> bool:
 
 
 def vmap_is_exact(model: nn.Module) -> bool:
-    """Whether vmap computes ``model``'s meta-gradient exactly: the batch-norm module's verdict if it gives one."""
-    verdict = getattr(batchnorm, "vmap_is_exact", None)
-    return True if verdict is None else bool(verdict(model))
+    """Whether vmap computes ``model``'s meta-gradient exactly: the verdict of ``vmap_is_exact`` in
+    ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, whichever provides it; True if neither does."""
+    for name in _VERDICT_MODULES:
+        try:
+            verdict = getattr(importlib.import_module(name), "vmap_is_exact", None)
+        except ImportError:
+            continue
+        if verdict is not None:
+            return bool(verdict(model))
+    return True
 
 
 def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]:
