@@ -10,12 +10,13 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
   overhead once per task).
 - Conv-4 on Omniglot 5-way 1-shot with 10 images per task (the MAML paper's own tasks: 1 query image
   per class): vmap 302 ms, the loop 466 (32 tasks' small convolutions batched into one grouped
-  convolution use the core better); 30 images per task: vmap 591, loop 696; 80 images per task (15
-  query per class): vmap 2607, the loop 1164, at half vmap's memory.
+  convolution use the core better); 30 images per task: vmap 591, loop 696; 40 images per task
+  (20-way 1-shot, 16 tasks, 5 steps): vmap 3.08 s, the loop 2.39; 80 images per task (15 query per
+  class): vmap 2607 ms, the loop 1164, at half vmap's memory.
 
 So vmap runs everything except convolutional models whose tasks are large: over
-:data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 32,768 is about 40 Omniglot
-images) the loop wins. vmap is never chosen for a model where it is not exact (the hook
+:data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 24,576 is about 31 Omniglot
+images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never chosen for a model where it is not exact (the hook
 ``vmap_is_exact`` of ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, where present).
 """
 
@@ -34,7 +35,7 @@ from fastmaml.core.batchnorm import vmapping
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
-VMAP_MAX_CONV_INPUTS = 32_768
+VMAP_MAX_CONV_INPUTS = 24_576
 log = logging.getLogger(__name__)
 _CONV = (nn.modules.conv._ConvNd,)
 _VERDICT_MODULES = ("fastmaml.core.exact", "fastmaml.core.batchnorm")
