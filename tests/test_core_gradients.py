@@ -248,6 +248,7 @@ def test_momentum_rule_is_sgd_at_beta_zero_and_nesterov_looks_ahead():
     new, _ = nesterov.update(grads, state, params, {}, 1)
     velocity = 0.5 * grads["w"] + grads["w"]
     torch.testing.assert_close(new["w"], params["w"] - 0.1 * (grads["w"] + 0.5 * velocity))
+    torch.testing.assert_close(rule.step(params, grads)["w"], params["w"] - 0.1 * grads["w"])
     with pytest.raises(ValueError, match="beta=1.0; the momentum coefficient must be in"):
         fm.core.momentum(0.1, beta=1.0)
     with pytest.raises(ValueError, match="both Adam coefficients must be in"):

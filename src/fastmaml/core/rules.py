@@ -66,6 +66,16 @@ class UpdateRule:
     init: Callable[[Params], Any] = _no_state
     learned: Callable[[Params], Params] = _no_learned
 
+    def step(self, params: Params, grads: Params, learned: Params | None = None) -> Params:
+        """One update from a fresh per-task state (a single inner step), returning the new parameters.
+
+        Example:
+            >>> sgd(0.1).step({"w": torch.ones(2)}, {"w": torch.ones(2)})["w"]
+            tensor([0.9000, 0.9000])
+        """
+        new, _ = self.update(grads, self.init(params), params, learned if learned is not None else {}, 0)
+        return new
+
 
 def sgd(lr: float) -> UpdateRule:
     """Plain gradient descent with a fixed rate: theta' = theta - lr * g (MAML, eq. 1)."""
