@@ -16,8 +16,9 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
 
 So vmap runs everything except convolutional models whose tasks are large: over
 :data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 24,576 is about 31 Omniglot
-images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never chosen for a model where it is not exact (the hook
-``vmap_is_exact`` of ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, where present).
+images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never
+chosen for a model where it is not exact (the hook ``vmap_is_exact`` of ``fastmaml.core.exact`` or
+``fastmaml.core.batchnorm``, where present).
 """
 
 from __future__ import annotations
