@@ -175,3 +175,16 @@ def test_auto_falls_back_to_loop_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         maml.outer_loss(batch)
+
+
+def test_an_empty_meta_batch_contributes_zero_loss_and_zero_gradient():
+    """A rank whose share of a small meta-batch is empty adds nothing to the all-reduced sums."""
+    model, batch = conv_problem("stride")
+    for name in ("maml", "mamlpp", "reptile"):
+        algo = fm.build(name, model, inner_lr=LR, inner_steps=1)
+        empty = batch[0:0]
+        loss = algo.outer_loss(empty)
+        algo.zero_grad(set_to_none=True)
+        loss.backward()
+        assert loss.item() == 0.0 and algo.engine.last_path == "empty"
+        assert all(p.grad is not None and not p.grad.any() for p in algo.parameters())

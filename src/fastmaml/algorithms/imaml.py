@@ -23,9 +23,10 @@ import dataclasses
 import numbers
 from collections.abc import Callable, Hashable
 from dataclasses import KW_ONLY
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions
 from fastmaml.core import inner
@@ -128,7 +129,7 @@ class IMAML(MAML):
     Options = IMAMLOptions
     options: IMAMLOptions
 
-    def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.lam, self.cg_steps = float(self.options.lam), int(self.options.cg_steps)
         self.objective = ImplicitObjective(self.lam, self.cg_steps)

@@ -185,7 +185,7 @@ class MAML(nn.Module):
         objective = self.outer_objective(ctx.steps)
         loss, aux = self.engine.loss(objective, ctx, batch.tensors(), graph=graph)
         finish = getattr(objective, "finish", None)
-        if finish is not None:
+        if finish is not None and len(batch):
             finish(aux)
         return loss
 
@@ -259,7 +259,7 @@ class MAML(nn.Module):
     def _check_model_accepts(self, batch: TaskBatch, params: Params, buffers: Params) -> None:
         """Turn a shape mismatch between data and model into a one-line error, once per input shape."""
         signature = (tuple(batch.support_x.shape[2:]), batch.support_x.dtype)
-        if signature in self._checked_shapes:
+        if signature in self._checked_shapes or not len(batch):
             return
         try:
             with torch.no_grad(), exact_batch_norm(self.exact_bn):

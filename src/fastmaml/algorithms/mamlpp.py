@@ -19,6 +19,7 @@ import dataclasses
 import math
 from collections.abc import Hashable
 from dataclasses import KW_ONLY
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +118,7 @@ class MAMLPlusPlus(MAML):
     Options = MAMLPlusPlusOptions
     options: MAMLPlusPlusOptions
 
-    def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
         options = self.Options(*args, **kwargs)

@@ -48,7 +48,7 @@ class _Recorder(TorchFunctionMode):
         self.tags: dict[int, tuple[str, int, Tensor]] = {}  # id(running_mean) -> (layer, slot, tensor)
         self.stats: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.batch_norm:
             bound = {**dict(zip(_ARGS, args)), **kwargs}
@@ -130,7 +130,7 @@ class PerStepNorm(nn.Module):
         """
         slot = min(slot, self.slots - 1)
         params, buffers = dict(params), dict(buffers)
-        buffers.update({name: None for name in self.counters if name in buffers})
+        buffers.update({name: None for name in self.counters if name in buffers})  # type: ignore[misc]
         for name in self.weight_names:
             steps = params.pop(name + STEPS, None)
             if steps is not None:  # absent when a caller passes plain model parameters
@@ -156,7 +156,7 @@ class PerStepNorm(nn.Module):
 
     def collected(self, recorder: _Recorder, steps: int) -> list[Tensor]:
         """The recorded statistics as a flat list, (layer, slot, mean/var) order, for the task mapper."""
-        out = []
+        out: list[Tensor] = []
         for layer in self.stat_layers:
             for slot in range(min(steps, self.slots - 1) + 1):
                 if (layer, slot) not in recorder.stats:

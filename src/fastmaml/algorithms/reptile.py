@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Hashable
 from dataclasses import KW_ONLY
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastmaml.algorithms.maml import MAML, FirstOrderOptions
 from fastmaml.core import inner
@@ -75,7 +76,7 @@ class Reptile(MAML):
     Options = ReptileOptions
     options: ReptileOptions
 
-    def __init__(self, model, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.use_query = bool(self.options.use_query)
         self.objective = ReptileObjective(self.use_query)

@@ -51,12 +51,12 @@ class MetaGradient(torch.autograd.Function):
     """A scalar ``value`` whose backward gives each leaf ``grad_output * grads[i]`` (computed ahead)."""
 
     @staticmethod
-    def forward(ctx, value: Tensor, grads: tuple[Tensor | None, ...], *leaves: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, value: Tensor, grads: tuple[Tensor | None, ...], *leaves: Tensor) -> Tensor:
         ctx.grads = grads
         return value.detach().clone()
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "this outer loss computed its meta-gradient ahead, so it has no second derivative; "
@@ -112,6 +112,13 @@ class OuterEngine:
         """The mean per-task loss (with its meta-gradient attached, see the module docstring) and the aux."""
         leaves = {("params", n): p for n, p in ctx.params.items() if p.requires_grad}
         leaves.update({("learned", n): r for n, r in ctx.learned.items() if r.requires_grad})
+        if tensors[0].shape[0] == 0:  # no task (a rank of a meta-batch smaller than the world): contributes 0
+            zero = torch.zeros((), dtype=next(iter(ctx.params.values())).dtype, device=tensors[0].device)
+            self.last_path = "empty"
+            if not (torch.is_grad_enabled() and leaves):
+                return zero, ()
+            zeros = tuple(torch.zeros_like(t) for t in leaves.values())
+            return MetaGradient.apply(zero, zeros, *leaves.values()), ()
         if not (torch.is_grad_enabled() and leaves):
             with torch.no_grad():
                 losses, aux = self._map(objective, ctx, tensors)

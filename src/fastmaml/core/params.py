@@ -17,7 +17,7 @@ def module_state(model: nn.Module) -> tuple[Params, Params]:
     Raises:
         ValueError: the module has no parameter with ``requires_grad=True``.
     """
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params: Params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(
             f"{type(model).__name__} has no differentiable parameters; "

@@ -57,7 +57,7 @@ def fit(
     if isinstance(optimizer, torch.optim.Optimizer):
         outer = optimizer
     elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        outer = optimizer(maml.parameters(), lr=outer_lr, **optimizer_options)
+        outer = optimizer(maml.parameters(), lr=outer_lr, **optimizer_options)  # type: ignore[call-arg]
     else:
         raise TypeError(f"optimizer={optimizer!r}; pass a torch.optim class such as torch.optim.SGD, or an optimizer")
     meta_train(

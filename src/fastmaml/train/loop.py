@@ -175,8 +175,9 @@ def meta_train(
     out_of_time = False
     try:
         while state.iteration < iterations and not out_of_time:
-            if hasattr(algorithm, "begin_iteration"):
-                algorithm.begin_iteration(state.iteration, iterations)
+            begin = getattr(algorithm, "begin_iteration", None)
+            if begin is not None:
+                begin(state.iteration, iterations)
             # every rank draws the same full meta-batch, so the task stream does not depend on the world size
             full = tasks.sample_tasks(meta_batch_size, generator)
             batch = dist.shard(full).to(device=device, dtype=dtype)
