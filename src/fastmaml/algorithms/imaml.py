@@ -76,6 +76,13 @@ class ImplicitObjective:
         return ("imaml", self.lam, self.cg_steps)
 
     def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        # No outer graph: the meta-gradient is computed here (grad mode off makes the vmapped solve
+        # 3-4x cheaper; the transforms below ignore an outer no_grad).
+        with torch.no_grad():
+            query_loss, g = self._solve(ctx, *task)
+        return surrogate(query_loss, ctx.params, g), ()
+
+    def _solve(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, Params]:
         support_x, support_y, query_x, query_y = task
         spec, buffers, lam = ctx.spec, ctx.buffers, self.lam
         # From detached weights (the proximal anchor): no graph through the inner loop, whose memory
@@ -92,7 +99,7 @@ class ImplicitObjective:
         # H v by reverse-over-reverse at phi; the vjp is built once and reused by every CG step.
         _, hvp = torch.func.vjp(lambda p: torch.func.grad(loss)(p, support_x, support_y), phi)  # type: ignore[misc]
         g = conjugate_gradient(lambda v: {n: v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad, self.cg_steps)
-        return surrogate(query_loss, ctx.params, g), ()
+        return query_loss, g
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,7 +127,11 @@ class MAML(nn.Module):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.__signature__ = _signature(cls.Options)  # type: ignore[attr-defined]
+        # An algorithm that forwards (*args, **kwargs) to its Options shows their signature; a user's
+        # subclass with an explicit __init__ keeps its own.
+        init = inspect.signature(cls.__init__).parameters.values()
+        forwards = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in init)
+        cls.__signature__ = _signature(cls.Options) if forwards else None  # type: ignore[attr-defined]
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__()

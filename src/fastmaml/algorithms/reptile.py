@@ -44,10 +44,12 @@ class ReptileObjective:
         x, y = support_x, support_y
         if self.use_query:  # (support + query, *features)
             x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
-        # From detached weights: no graph through the inner loop, the meta-gradient is computed here.
-        start = detached(ctx.params)
-        phi = inner.adapt(ctx.spec, start, ctx.buffers, ctx.learned, x, y, ctx.steps)
-        loss = inner.loss_of(ctx.spec, phi, ctx.buffers, query_x, query_y)
+        # No graph through the inner loop: the meta-gradient is computed here (and grad mode off makes
+        # the vmapped inner loop 3-4x cheaper; the core's torch.func.grad ignores an outer no_grad).
+        with torch.no_grad():
+            start = detached(ctx.params)
+            phi = inner.adapt(ctx.spec, start, ctx.buffers, ctx.learned, x, y, ctx.steps)
+            loss = inner.loss_of(ctx.spec, phi, ctx.buffers, query_x, query_y)
         return surrogate(loss, ctx.params, {n: start[n] - phi[n] for n in ctx.params}), ()
 
 
