@@ -99,7 +99,8 @@ class OuterEngine:
         # the sinusoid MLP's step (25 tasks), whose kernels are a few microseconds each.
         self.compile_options = compile_options if compile_options is not None else {"options": {"cpp_wrapper": True}}
         self._compiled: dict[Hashable, Callable[..., Any]] = {}
-        self._eager_s: dict[Hashable, list[float]] = {}
+        self._eager_s: dict[Hashable, list[float]] = {}  # the last 50 eager calls' seconds
+        self._eager_total: dict[Hashable, tuple[int, float]] = {}  # (calls, seconds) of all eager calls
         self._compiled_s: dict[Hashable, list[float]] = {}
         self._dropped: set[Hashable] = set()
         self.failed = False  # torch.compile failed once: eager from then on
@@ -159,7 +160,11 @@ class OuterEngine:
             result = value.detach(), dict(zip(leaves, grads)), tuple(a.detach() for a in aux)
             self.last_path = "vmap" if self.mapper.execution == "vmap" else "loop-graph"
         if key is not None:
-            self._eager_s.setdefault(key, []).append(time.perf_counter() - start)
+            elapsed, recent = time.perf_counter() - start, self._eager_s.setdefault(key, [])
+            recent.append(elapsed)
+            del recent[:-50]
+            calls, total = self._eager_total.get(key, (0, 0.0))
+            self._eager_total[key] = (calls + 1, total + elapsed)
         return result
 
     def _loop(self, objective, ctx, tensors, leaves):
@@ -193,16 +198,16 @@ class OuterEngine:
             return True
         if key in self._dropped:
             return False
-        eager = self._eager_s.get(key, [])
+        calls, total = self._eager_total.get(key, (0, 0.0))
         if self.compile is True:
-            return len(eager) >= 1  # the first call runs eagerly: it settles the task mapper
+            return calls >= 1  # the first call runs eagerly: it settles the task mapper
         model = self.mapper.model
         if execution != "vmap" or model is None or has_conv(model):
             return False
-        if not eager or sum(eager) < COMPILE_AFTER_S:
+        if not calls or total < COMPILE_AFTER_S:
             return False
         log.info("compile=auto: compiling the outer step after %d eager calls (%.1f s, %.2f ms each)",
-                 len(eager), sum(eager), 1e3 * statistics.median(eager))
+                 calls, total, 1e3 * statistics.median(self._eager_s[key]))
         return True
 
     def _judge(self, key) -> None:
@@ -210,7 +215,7 @@ class OuterEngine:
         timed = self._compiled_s[key][1:]  # the first call compiles
         if self.compile != "auto" or len(timed) != _TRIALS:
             return
-        compiled, eager = statistics.median(timed), statistics.median(self._eager_s[key][-50:])
+        compiled, eager = statistics.median(timed), statistics.median(self._eager_s[key])
         if compiled >= eager:
             del self._compiled[key]
             self._dropped.add(key)
