@@ -85,19 +85,12 @@ def make_step(impl: str, model, batch, loss_fn, inner_lr: float, first_order: bo
         import fastmaml as fm
 
         execution = impl.split("-")[1]
-        if execution == "compiled":
-            from fastmaml.core.compiled import CompiledOuterStep
-
+        if execution == "step":  # the documented idiom with every option at its default (the trainer's step)
             maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn)
-            step = CompiledOuterStep(maml)
-            return maml, lambda: step(batch)
-        if execution == "step":
-            from fastmaml.core.compiled import outer_step
-
-            maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn)
-            step = outer_step(maml)  # the trainer's path: loop for convolutions, compiled otherwise
-            return maml, lambda: step(batch)
-        maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn, execution=execution)
+        elif execution == "compiled":  # the idiom with compile=True: compiled from the second call
+            maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn, compile=True)
+        else:
+            maml = fm.MAML(model, inner_lr, steps, first_order, loss_fn, execution=execution, compile=False)
 
         def step():
             loss = maml.outer_loss(batch)
@@ -181,24 +174,33 @@ def timed(spec: dict, context=None) -> dict:  # type: ignore[no-untyped-def]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, cpu_times, first_loss = [], [], None
     start = time.perf_counter()
-    for it in range(spec["warmup"] + spec["iters"]):
+    # Untimed warm-up: at least --warmup iterations and --warmup-s seconds (compile="auto" compiles once the
+    # eager calls have cost fastmaml.core.compiled.COMPILE_AFTER_S; the steady state comes after that).
+    it, warm_until = 0, time.perf_counter() + spec.get("warmup_s", 0.0)
+    while it < spec["warmup"] or time.perf_counter() < warm_until:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("autocast") == "bfloat16"):
+            loss = step()
+        opt.step()
+        if first_loss is None:
+            first_loss = float(loss)
+            first_time = time.perf_counter() - start
+        it += 1
+    for _ in range(spec["iters"]):
         t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("autocast") == "bfloat16"):
             loss = step()
         opt.step()
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        if first_loss is None:
-            first_loss = float(loss)
-            first_time = time.perf_counter() - start
-        if it >= spec["warmup"]:
-            times.append(elapsed)
-            cpu_times.append(cpu)
+        times.append(elapsed)
+        cpu_times.append(cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
     median = sorted(times)[len(times) // 2]
     cpu_median = sorted(cpu_times)[len(cpu_times) // 2]
     return dict(ms=1e3 * median, cpu_ms=1e3 * cpu_median, tasks_s=tasks / median, peak_mb=peak / 1024,
-                loss0=first_loss, first_s=first_time)
+                loss0=first_loss, first_s=first_time,
+                path=getattr(getattr(owner, "engine", None), "last_path", ""))
 
 
 def _rank(rank: int, world: int, port: int, spec: dict, results) -> None:  # type: ignore[no-untyped-def]
@@ -268,6 +270,8 @@ def main() -> None:
     parser.add_argument("--orders", nargs="+", default=["second", "first"], choices=["second", "first"])
     parser.add_argument("--iters", type=int, default=10, help="timed meta-iterations per config")
     parser.add_argument("--warmup", type=int, default=2, help="untimed meta-iterations first (compile here)")
+    parser.add_argument("--warmup-s", type=float, default=0.0,
+                        help="and at least this many seconds of untimed iterations (compile='auto' decides in them)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
     parser.add_argument("--malloc", default="both", choices=["default", "tuned", "both"])
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per config before giving up")
@@ -294,7 +298,8 @@ def main() -> None:
                     if impl == "fastmaml-compiled" and workload != "sinusoid" and not args.compiled_conv:
                         continue
                     spec = dict(workload=workload, impl=impl, first_order=order == "first", iters=args.iters,
-                                warmup=args.warmup, threads=args.threads, autocast=args.autocast)
+                                warmup=args.warmup, warmup_s=args.warmup_s, threads=args.threads,
+                                autocast=args.autocast)
                     rows[impl] = run_one(spec, malloc, args.timeout)
                 ref = rows.get("learn2learn", {})
                 for impl, r in rows.items():
@@ -303,7 +308,8 @@ def main() -> None:
                         continue
                     wall = f"{ref['ms'] / r['ms']:.2f}x" if "ms" in ref else "-"
                     cpu = f"{ref['cpu_ms'] / r['cpu_ms']:.2f}x" if "cpu_ms" in ref else "-"
-                    print(f"| {workload} | {order} | {malloc} | {impl} | {r['ms']:.1f} | {r['cpu_ms']:.1f} | "
+                    name = f"{impl} ({r['path']})" if r.get("path") else impl
+                    print(f"| {workload} | {order} | {malloc} | {name} | {r['ms']:.1f} | {r['cpu_ms']:.1f} | "
                           f"{r['tasks_s']:.0f} | {r['peak_mb']:.0f} | {wall} | {cpu} | {r['loss0']:.5f} |", flush=True)
 
 

@@ -8,7 +8,7 @@ from torch.func import functional_call
 
 import fastmaml as fm
 from algo_helpers import assert_close, batch, bn_mlp, grads, mlp
-from fastmaml.algorithms import ALGORITHMS, ANIL, FOMAML, MetaSGD, Reptile, build
+from fastmaml.algorithms import ALGORITHMS, ANIL, FOMAML, MetaSGD, Reptile, build, options
 
 NAMES = ("maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml")
 
@@ -270,3 +270,26 @@ def test_vmap_and_loop_paths_agree_on_a_batchnorm_conv4(name):
         results.append(grads(algo, algo.outer_loss(data)))
     assert_close(results[0], results[1], atol=1e-12)
     assert results[0]["model.features.0.weight"].abs().sum() > 0
+
+
+# -- options declared once ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_algorithm_takes_the_shared_options_in_the_same_order(name):
+    import inspect
+
+    cls = ALGORITHMS[name]
+    params = list(inspect.signature(cls).parameters.values())
+    shared = ["model", "inner_lr", "inner_steps", "first_order", "loss_fn"]
+    assert [p.name for p in params[:5]] == shared
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params[:5])
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[5:])
+    assert {"execution", "compile"} <= set(options(name)) and options(name)[:4] == tuple(shared[1:])
+    first_order = name in ("fomaml", "reptile", "imaml")
+
+    def loss_fn(prediction, target):
+        return F.mse_loss(prediction, target)
+
+    algo = cls(mlp(), 0.1, 2, first_order, loss_fn)
+    assert algo.loss_fn is loss_fn and algo.inner_steps == 2 and algo.inner_lr == 0.1

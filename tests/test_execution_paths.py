@@ -1,10 +1,9 @@
 """Every execution path gives the meta-gradient of a plain ``torch.autograd.grad`` loop, in float64.
 
 The model is a small Conv-4 with BatchNorm on batch statistics: vmap runs the plain-op batch norm, the
-loop and the per-task-backward step run the native kernel, the reference runs the module as written.
+loop (per-task gradients) and the plain graph run the native kernel, the reference runs the module as written.
 """
 
-import functools
 import warnings
 
 import pytest
@@ -14,8 +13,9 @@ from torch import nn
 
 import fastmaml as fm
 from fastmaml.core.batchnorm import batch_norm, native_batch_norm
-from fastmaml.core.compiled import CompiledOuterStep, OuterStep, outer_step
-from fastmaml.core.execution import TaskMapper, prefers_loop
+from fastmaml.core import execution as execution_module
+from fastmaml.core.execution import VMAP_MAX_CONV_INPUTS, decide
+from fastmaml.core.objective import QueryLoss
 from helpers import reference_meta_gradient
 
 LR = 0.3
@@ -42,8 +42,8 @@ def via_outer_loss(maml, batch):
     return grads_of(maml)
 
 
-def via_step(execution, maml, batch):
-    OuterStep(maml, execution)(batch)
+def via_graph(maml, batch):
+    maml.outer_loss(batch, graph=True).backward()
     return grads_of(maml)
 
 
@@ -51,8 +51,8 @@ PATHS = {
     "loop": ("loop", via_outer_loss),
     "vmap": ("vmap", via_outer_loss),
     "auto": ("auto", via_outer_loss),
-    "step-loop": ("auto", functools.partial(via_step, "loop")),
-    "step-outer-loss": ("vmap", functools.partial(via_step, "outer_loss")),
+    "graph-loop": ("loop", via_graph),
+    "graph-vmap": ("vmap", via_graph),
 }
 
 
@@ -83,45 +83,75 @@ def test_plain_and_native_batch_norm_agree_and_never_write_running_stats():
     assert torch.equal(mean, torch.zeros_like(mean)) and torch.equal(var, torch.ones_like(var))
 
 
-def test_step_accumulates_into_existing_grad_like_backward():
+def test_backward_accumulates_into_existing_grad_and_scales_by_grad_output():
+    model, batch = conv_problem("stride")
+    maml = fm.MAML(model, LR, 1, False, F.cross_entropy, execution="loop")
+    loss = maml.outer_loss(batch)
+    loss.backward()
+    once = grads_of(maml)
+    (3 * maml.outer_loss(batch)).backward()
+    for name, g in grads_of(maml).items():
+        torch.testing.assert_close(g, 4 * once[name])
+    torch.testing.assert_close(loss.detach(), maml.outer_loss(batch, graph=True).detach())
+
+
+def test_auto_is_decided_once_from_the_model_and_the_task_size(monkeypatch):
+    conv, small = conv_problem("stride")
+    mlp = fm.models.MLP([1, 4, 1])
+    assert decide(mlp, torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)) == "vmap"
+    assert decide(conv, *small.tensors()) == "vmap"  # 9 images of 8x8 per task
+    # The paper's Omniglot 5-way tasks (5 + 5 images of 28x28) are vmapped; 5 + 75 images, and the
+    # 20-way 1-shot tasks (20 + 20), are looped (benchmarks/RESULTS.md measured each).
+    images = lambda n: torch.zeros(2, n, 1, 28, 28)  # noqa: E731
+    assert decide(conv, images(5), None, images(5)) == "vmap"
+    assert decide(conv, images(5), None, images(25)) == "vmap"
+    assert decide(conv, images(5), None, images(75)) == "loop"
+    assert decide(conv, images(20), None, images(20)) == "loop"
+    assert 40 * 28 * 28 > VMAP_MAX_CONV_INPUTS >= 30 * 28 * 28
+    assert decide(None, images(5), None, images(75)) == "loop"
+    # Never vmap where the batch-norm module says vmap is not exact for the model.
+    monkeypatch.setattr(execution_module, "vmap_is_exact", lambda model: model is not conv)
+    assert decide(conv, *small.tensors()) == "loop" and decide(mlp, torch.zeros(2, 3, 1)) == "vmap"
+    maml = fm.MAML(conv, LR, 1, False, F.cross_entropy)
+    maml.outer_loss(small)
+    assert maml.mapper.execution == "loop" and maml.engine.last_path == "loop"
+    with pytest.raises(ValueError, match="pick one of"):
+        fm.MAML(conv, execution="fast")
+
+
+def test_an_objective_plugs_in_without_subclassing():
     model, batch = conv_problem("stride")
     maml = fm.MAML(model, LR, 1, False, F.cross_entropy)
-    loss = OuterStep(maml, "loop")(batch)
-    once = grads_of(maml)
-    OuterStep(maml, "loop")(batch)
-    for name, g in grads_of(maml).items():
-        torch.testing.assert_close(g, 2 * once[name])
+    expected = {n: 2 * g for n, g in via_outer_loss(maml, batch).items()}
+    model.zero_grad(set_to_none=True)
+    maml.objective = lambda ctx, *task: (2 * QueryLoss()(ctx, *task)[0], ())
+    for name, g in via_outer_loss(maml, batch).items():
+        torch.testing.assert_close(g, expected[name], rtol=1e-12, atol=1e-14)
+
+
+def test_the_precomputed_loss_refuses_create_graph_and_the_graph_path_gives_second_derivatives():
+    model, batch = conv_problem("stride")
+    maml = fm.MAML(model, LR, 1, False, F.cross_entropy)
+    params = list(maml.parameters())
+    with pytest.raises(RuntimeError, match="outer_loss\\(batch, graph=True\\)"):
+        torch.autograd.grad(maml.outer_loss(batch), params, create_graph=True)
+    fast = torch.autograd.grad(maml.outer_loss(batch), params)
+    exact = torch.autograd.grad(maml.outer_loss(batch, graph=True), params, create_graph=True)
+    for f, e in zip(fast, exact):
+        torch.testing.assert_close(f, e.detach(), rtol=1e-10, atol=1e-12)
+    assert exact[0].requires_grad  # differentiable again
+
+
+def test_no_grad_computes_only_the_loss_and_inputs_that_require_grad_get_the_plain_graph():
+    model, batch = conv_problem("stride")
+    maml = fm.MAML(model, LR, 1, False, F.cross_entropy)
+    with torch.no_grad():
+        loss = maml.outer_loss(batch)
+    assert loss.grad_fn is None and maml.engine.last_path == "no_grad"
     torch.testing.assert_close(loss, maml.outer_loss(batch).detach())
-
-
-def test_auto_picks_loop_for_convolutions_and_vmap_otherwise():
-    conv, batch = conv_problem("stride")
-    mlp = fm.models.MLP([1, 4, 1])
-    assert prefers_loop(conv, *batch.tensors()) and not prefers_loop(mlp, torch.zeros(2, 3, 1))
-    assert prefers_loop(None, *batch.tensors()) and not prefers_loop(None, torch.zeros(2, 3, 1))
-    maml = fm.MAML(conv, LR, 1, False, F.cross_entropy)
-    maml.outer_loss(batch)
-    assert maml.mapper.execution == "loop"
-    assert isinstance(outer_step(maml), OuterStep) and outer_step(maml).execution == "loop"
-    assert isinstance(outer_step(fm.MAML(mlp)), CompiledOuterStep)
-    with pytest.raises(ValueError, match="pick one of"):
-        outer_step(maml, "fast")
-
-
-class WeightedMAML(fm.MAML):
-    def outer_loss(self, batch, inner_steps=None):
-        return 2 * super().outer_loss(batch, inner_steps)
-
-
-def test_algorithms_that_override_the_loss_get_the_outer_loss_path():
-    conv, batch = conv_problem("stride")
-    maml = WeightedMAML(conv, LR, 1, False, F.cross_entropy)
-    step = outer_step(maml)
-    assert step.execution == "outer_loss"
-    loss = step(batch)
-    torch.testing.assert_close(loss, maml.outer_loss(batch).detach())
-    with pytest.raises(ValueError, match="overrides the outer loss"):
-        OuterStep(maml, "loop")
+    query_x = batch.query_x.clone().requires_grad_()
+    maml.outer_loss(fm.TaskBatch(batch.support_x, batch.support_y, query_x, batch.query_y)).backward()
+    assert maml.engine.last_path == "graph" and query_x.grad is not None and query_x.grad.abs().sum() > 0
 
 
 class ItemModel(nn.Module):
@@ -136,9 +166,8 @@ class ItemModel(nn.Module):
 
 
 def test_auto_falls_back_to_loop_with_one_warning():
-    mapper = TaskMapper("auto", owner="ItemModel", model=ItemModel())
     maml = fm.MAML(ItemModel(), 0.1, 1, False, F.mse_loss)
-    maml.mapper = mapper
+    mapper = maml.mapper
     batch = fm.TaskBatch(torch.randn(2, 3, 1), torch.randn(2, 3, 1), torch.randn(2, 3, 1), torch.randn(2, 3, 1))
     with pytest.warns(UserWarning, match="execution='loop'"):
         maml.outer_loss(batch)
@@ -146,3 +175,16 @@ def test_auto_falls_back_to_loop_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         maml.outer_loss(batch)
+
+
+def test_an_empty_meta_batch_contributes_zero_loss_and_zero_gradient():
+    """A rank whose share of a small meta-batch is empty adds nothing to the all-reduced sums."""
+    model, batch = conv_problem("stride")
+    for name in ("maml", "mamlpp", "reptile"):
+        algo = fm.build(name, model, inner_lr=LR, inner_steps=1)
+        empty = batch[0:0]
+        loss = algo.outer_loss(empty)
+        algo.zero_grad(set_to_none=True)
+        loss.backward()
+        assert loss.item() == 0.0 and algo.engine.last_path == "empty"
+        assert all(p.grad is not None and not p.grad.any() for p in algo.parameters())

@@ -122,3 +122,11 @@ def test_imaml_rejects_bad_lambda_and_cg_steps():
         build("imaml", mlp(), cg_steps=0)
     with pytest.raises(ValueError, match="cg_steps=2.5"):
         IMAML(mlp(), cg_steps=2.5)
+
+
+def test_conjugate_gradient_truncates_at_negative_curvature():
+    """A = diag(2, -1), b = (1, 1): the first step (p'Ap = 1) gives x = (2, 2); the second direction
+    p = (6, 12) has p'Ap = -72, where CG would head off to a saddle: the solve stops at (2, 2)."""
+    a = torch.tensor([[2.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
+    assert torch.equal(x["x"], torch.tensor([2.0, 2.0], dtype=torch.float64))

@@ -21,6 +21,16 @@ def test_pinned_first_losses():
                        progress=False)
     losses = [h["loss"] for h in state.history]
     assert losses == pytest.approx([2.4942834, 7.1278930, 4.6772332, 2.7551589, 1.6207726], rel=1e-4)
+    assert maml.engine.last_path == "vmap"  # the trainer runs the idiom, which took the fast eager path
+
+
+def test_fit_runs_the_idiom_with_the_librarys_decisions():
+    torch.manual_seed(0)
+    maml = fm.fit(fm.models.MLP([1, 8, 1]), fm.Sinusoid(), iterations=3, meta_batch_size=4, inner_steps=1,
+                  progress=False)
+    # compile="auto" has not seen 10 s of eager calls yet: the eager vmap path (tests/test_compiled.py
+    # covers the compiled one)
+    assert maml.engine.compile == "auto" and maml.mapper.execution == "vmap" and maml.engine.last_path == "vmap"
 
 
 def test_same_seed_same_tasks_and_losses():

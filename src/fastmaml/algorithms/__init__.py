@@ -2,12 +2,12 @@
 
 Every algorithm is an ``nn.Module`` with ``outer_loss(batch)`` (``.backward()`` puts the meta-gradient in
 ``algo.parameters()``), ``task_losses(batch, inner_steps, track)``, ``adapt``, ``predict``,
-``begin_iteration(iteration, iterations)`` and ``scheduler(optimizer, iterations)``.
+``begin_iteration(iteration, iterations)`` and ``scheduler(optimizer, iterations)``. Its options are its
+``Options`` dataclass: the shared :class:`fastmaml.algorithms.maml.Options` plus its own.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
@@ -15,7 +15,7 @@ from torch import nn
 from fastmaml.algorithms.anil import ANIL
 from fastmaml.algorithms.fomaml import FOMAML
 from fastmaml.algorithms.imaml import IMAML
-from fastmaml.algorithms.maml import MAML
+from fastmaml.algorithms.maml import MAML, MetaOptions, option_names
 from fastmaml.algorithms.mamlpp import MAMLPlusPlus
 from fastmaml.algorithms.metasgd import MetaSGD
 from fastmaml.algorithms.reptile import Reptile
@@ -30,21 +30,18 @@ ALGORITHMS: dict[str, type[MAML]] = {
     "imaml": IMAML,
 }
 
-FIXED_FIRST_ORDER = ("fomaml", "reptile", "imaml")
-
 
 def options(name: str) -> tuple[str, ...]:
     """The keyword options algorithm ``name`` takes (everything but the model)."""
-    return tuple(p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p not in ("self", "model"))
+    return option_names(ALGORITHMS[name].Options)
 
 
 def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
     """The algorithm ``name`` around ``model``, configured by ``kwargs``.
 
-    An option given as ``None`` that the algorithm does not take is dropped (``None`` means "the
-    algorithm's default" everywhere). ``first_order`` is accepted by every algorithm, since the trainer's
-    config may set it for all; those whose inner loop is first-order by definition (fomaml, reptile,
-    imaml; ``algo.first_order`` is True for them) accept ``True`` and refuse ``False``.
+    An option given as ``None`` is dropped: ``None`` means "the algorithm's default" everywhere, so the
+    trainer can pass its common options (``first_order``, ``head``...) to every algorithm.
+    Algorithms that are first-order by definition (fomaml, reptile, imaml) refuse ``first_order=False``.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or an option the algorithm does
@@ -58,10 +55,7 @@ def build(name: str, model: nn.Module, **kwargs: Any) -> MAML:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     valid = options(name)
-    kwargs = {key: value for key, value in kwargs.items() if key in valid or value is not None}
-    if name in FIXED_FIRST_ORDER:
-        if kwargs.pop("first_order", None) is False:
-            raise ValueError(f"{name} is first-order by definition; drop first_order=false or use algorithm=maml")
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     for key in kwargs:
         if key not in valid:
             owners = [other for other in ALGORITHMS if key in options(other)]
@@ -78,6 +72,7 @@ __all__ = [
     "MAML",
     "MAMLPlusPlus",
     "MetaSGD",
+    "MetaOptions",
     "Reptile",
     "build",
     "options",

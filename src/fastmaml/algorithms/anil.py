@@ -7,13 +7,14 @@ is the core's parameter selector (``adapt=``), not ``requires_grad``, so the bod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import KW_ONLY
 
-from torch import Tensor, nn
+from torch import nn
 
-from fastmaml.algorithms.maml import MAML
-from fastmaml.core.execution import Execution
-from fastmaml.core.rules import UpdateRule
+from fastmaml.algorithms.maml import MAML, MetaOptions
+from fastmaml.core.params import Selector
 
 
 def last_linear(model: nn.Module) -> str:
@@ -27,12 +28,18 @@ def last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class ANILOptions(MetaOptions):
+    adapt: Selector = dataclasses.field(default=None, init=False)  # the head, below
+    _: KW_ONLY
+    head: str | Iterable[str] | None = None
+
+
 class ANIL(MAML):
     """MAML whose inner loop adapts only ``head``.
 
-    Args:
-        head: a module name or parameter-name prefix (or several) naming the head; default: the last
-            ``nn.Linear`` of the model. Other arguments: as :class:`MAML`.
+    Options: ``head``, a module name or parameter-name prefix (or several) naming the head; default:
+    the last ``nn.Linear`` of the model. The others: as :class:`MAML`, less ``adapt``.
 
     Example:
         >>> import fastmaml as fm
@@ -40,29 +47,10 @@ class ANIL(MAML):
         ('head.weight', 'head.bias')
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        *,
-        head: str | Iterable[str] | None = None,
-        rule: UpdateRule | None = None,
-        execution: Execution = "auto",
-    ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
-        head = last_linear(model) if head is None else head
-        super().__init__(
-            model,
-            inner_lr,
-            inner_steps,
-            first_order,
-            loss_fn,
-            adapt=head,
-            rule=rule,
-            execution=execution,
-        )
-        self.head = head
+    Options = ANILOptions
+    options: ANILOptions
+
+    def adapt_selector(self, model: nn.Module, options: MetaOptions) -> Selector:
+        head = options.head if isinstance(options, ANILOptions) else None
+        self.head = last_linear(model) if head is None else head
+        return self.head

@@ -6,18 +6,11 @@ parameters, ``sum_i grad L_query(theta'_i)``, so the inner loop keeps no graph o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import Tensor, nn
-
-from fastmaml.algorithms.maml import MAML
-from fastmaml.core.execution import Execution
-from fastmaml.core.params import Selector
-from fastmaml.core.rules import UpdateRule
+from fastmaml.algorithms.maml import MAML, FirstOrderOptions
 
 
 class FOMAML(MAML):
-    """MAML with ``first_order=True`` as a named algorithm; see :class:`MAML` for the arguments.
+    """MAML with ``first_order=True`` as a named algorithm; the options are :class:`MAML`'s.
 
     Example:
         >>> import fastmaml as fm
@@ -26,17 +19,4 @@ class FOMAML(MAML):
         True
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        *,
-        adapt: Selector = None,
-        rule: UpdateRule | None = None,
-        execution: Execution = "auto",
-    ) -> None:
-        super().__init__(
-            model, inner_lr, inner_steps, True, loss_fn, adapt=adapt, rule=rule, execution=execution
-        )
+    Options = FirstOrderOptions

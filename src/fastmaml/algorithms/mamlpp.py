@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Hashable
+from dataclasses import KW_ONLY
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fastmaml.algorithms.maml import MAML, _check_steps
+from fastmaml.algorithms.maml import MAML, MetaOptions
 from fastmaml.algorithms.per_step_bn import PerStepNorm, batch_norms
 from fastmaml.core import inner
-from fastmaml.core.batchnorm import exact_batch_norm
-from fastmaml.core.execution import Execution
-from fastmaml.core.params import Params
-from fastmaml.core.rules import per_step
-from fastmaml.tasks.batch import TaskBatch
+from fastmaml.core.objective import Objective, QueryLoss, TaskContext
+from fastmaml.core.params import Params, Selector
+from fastmaml.core.rules import UpdateRule, per_step, sgd
 
 
 def msl_weights(steps: int, progress: float) -> list[float]:
@@ -51,16 +51,59 @@ def _fraction(value: float, option: str) -> float:
     return float(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordingQueryLoss:
+    """MAML++'s objective in training mode with per-step statistics: :class:`QueryLoss` that also
+    returns the batch statistics of every query forward, then folds their mean into ``norm``."""
+
+    loss: QueryLoss
+    norm: PerStepNorm
+    steps: int
+
+    @property
+    def key(self) -> Hashable | None:
+        return None  # the recorder is a TorchFunctionMode with side effects: never compiled
+
+    def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        # Statistics are recorded in the query forward after every step, so they need every step's forward.
+        loss = dataclasses.replace(self.loss, track=True)
+        with self.norm.recording() as recorder:
+            value, _ = loss(ctx, *task)
+        return value, tuple(self.norm.collected(recorder, ctx.steps))
+
+    def finish(self, aux: tuple[Tensor, ...]) -> None:
+        self.norm.update_statistics(list(aux), self.steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLPlusPlusOptions(MetaOptions):
+    inner_steps: int = 5
+    adapt: Selector = dataclasses.field(default=None, init=False)  # all but the per-step BatchNorm weights
+    rule: UpdateRule | None = dataclasses.field(default=None, init=False)  # learned_lr decides
+    _: KW_ONLY
+    multi_step_loss: bool = True
+    multi_step_loss_fraction: float = 0.1
+    first_order_fraction: float = 1 / 3
+    learned_lr: bool = True
+    per_step_bn_weights: bool | None = None
+    per_step_bn_statistics: bool | None = None
+    cosine_annealing: bool = True
+    min_outer_lr: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _fraction(self.multi_step_loss_fraction, "multi_step_loss_fraction")
+        _fraction(self.first_order_fraction, "first_order_fraction")
+
+
 class MAMLPlusPlus(MAML):
     """MAML with the MAML++ fixes, each switchable.
 
-    Args:
-        multi_step_loss, multi_step_loss_fraction, first_order_fraction, learned_lr, cosine_annealing:
-            see the module docstring. ``first_order=True`` keeps first order for the whole run.
-        per_step_bn_weights, per_step_bn_statistics: ``None`` (default) turns each on where the model
-            has the BatchNorm layers it needs (affine / tracking running statistics).
-        min_outer_lr: the floor of the cosine schedule.
-        Other arguments: as :class:`MAML`.
+    Options: ``multi_step_loss``, ``multi_step_loss_fraction``, ``first_order_fraction``,
+    ``learned_lr``, ``cosine_annealing`` (see the module docstring; ``first_order=True`` keeps first
+    order for the whole run); ``per_step_bn_weights``, ``per_step_bn_statistics`` (``None``, the
+    default, turns each on where the model has the BatchNorm layers it needs: affine / tracking running
+    statistics); ``min_outer_lr``, the floor of the cosine schedule. The others: as :class:`MAML`.
 
     With per-step BatchNorm weights on, the model's own BatchNorm weights are unused (they get no
     gradient); the learned ones are ``algo.norm.weights``, one row per slot. Per-step statistics are
@@ -72,56 +115,40 @@ class MAMLPlusPlus(MAML):
         >>> algo.begin_iteration(0, 1000)
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 5,
-        first_order: bool = False,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        *,
-        multi_step_loss: bool = True,
-        multi_step_loss_fraction: float = 0.1,
-        first_order_fraction: float = 1 / 3,
-        learned_lr: bool = True,
-        per_step_bn_weights: bool | None = None,
-        per_step_bn_statistics: bool | None = None,
-        cosine_annealing: bool = True,
-        min_outer_lr: float = 1e-5,
-        execution: Execution = "auto",
-    ) -> None:
+    Options = MAMLPlusPlusOptions
+    options: MAMLPlusPlusOptions
+
+    def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
-        steps = _check_steps(inner_steps)
+        options = self.Options(*args, **kwargs)
         norms = batch_norms(model).values()
-        weights = _switch(per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights", "affine BatchNorm")
-        statistics = _switch(
-            per_step_bn_statistics,
-            any(m.track_running_stats for m in norms),
-            "per_step_bn_statistics",
-            "BatchNorm with track_running_stats=True",
-        )
-        norm = PerStepNorm(model, steps + 1, weights, statistics) if weights or statistics else None
-        # Per-step BatchNorm weights are learned in the outer loop only, so they stay out of the inner loop.
-        fixed = set(norm.weight_names) if norm is not None else set()
-        super().__init__(
-            model,
-            inner_lr,
-            steps,
-            first_order,
-            loss_fn,
-            adapt=(lambda name, p: name not in fixed) if fixed else None,
-            rule=per_step(float(inner_lr), steps) if learned_lr else None,
-            execution=execution,
-        )
+        weights = _switch(options.per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights",
+                          "affine BatchNorm")
+        statistics = _switch(options.per_step_bn_statistics, any(m.track_running_stats for m in norms),
+                             "per_step_bn_statistics", "BatchNorm with track_running_stats=True")
+        norm = PerStepNorm(model, options.inner_steps + 1, weights, statistics) if weights or statistics else None
+        super().__init__(model, *args, **kwargs)
         self.norm = norm
-        self.base_first_order = bool(first_order)
-        self.multi_step_loss = bool(multi_step_loss)
-        self.multi_step_loss_fraction = _fraction(multi_step_loss_fraction, "multi_step_loss_fraction")
-        self.first_order_fraction = _fraction(first_order_fraction, "first_order_fraction")
-        self.cosine_annealing, self.min_outer_lr = bool(cosine_annealing), float(min_outer_lr)
-        self._collecting = False
+        self.base_first_order = options.first_order
+        self.multi_step_loss = options.multi_step_loss
+        self.multi_step_loss_fraction = float(options.multi_step_loss_fraction)
+        self.first_order_fraction = float(options.first_order_fraction)
+        self.cosine_annealing, self.min_outer_lr = bool(options.cosine_annealing), float(options.min_outer_lr)
         self.begin_iteration(0, 1)
+
+    def adapt_selector(self, model: nn.Module, options: MetaOptions) -> Selector:
+        # Per-step BatchNorm weights are learned in the outer loop only, so they stay out of the inner loop.
+        norms = batch_norms(model)
+        fixed = {f"{layer}.{kind}" if layer else kind for layer, m in norms.items() if m.affine
+                 for kind in ("weight", "bias")}
+        uses_weights = _switch(options.per_step_bn_weights, any(m.affine for m in norms.values()),  # type: ignore[attr-defined]
+                               "per_step_bn_weights", "affine BatchNorm")
+        return (lambda name, p: name not in fixed) if fixed and uses_weights else None
+
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
+        learned = options.learned_lr  # type: ignore[attr-defined]
+        return per_step(options.inner_lr, options.inner_steps) if learned else sgd(options.inner_lr)
 
     def begin_iteration(self, iteration: int, iterations: int) -> None:
         """Set the derivative order and the MSL weights for outer step ``iteration`` of ``iterations``."""
@@ -146,51 +173,18 @@ class MAMLPlusPlus(MAML):
         return dataclasses.replace(super().spec(), slot_state=slot_state)
 
     def functional_state(self) -> tuple[Params, Params, Params]:
-        params, buffers, rule_state = super().functional_state()
+        params, buffers, learned = super().functional_state()
         if self.norm is not None:
             params, buffers = self.norm.extend(params, buffers)
-        return params, buffers, rule_state
+        return params, buffers, learned
 
-    def task_function(
-        self, params: Params, buffers: Params, rule_state: Params, steps: int, track: bool
-    ) -> Callable[..., tuple[Tensor, ...]]:
-        base = super().task_function(params, buffers, rule_state, steps, track)
-        if not self._collecting:
-            return base
-        norm = self.norm
+    # -- the outer objective ---------------------------------------------------------------------------
 
-        def per_task(*tensors: Tensor) -> tuple[Tensor, ...]:
-            with norm.recording() as recorder:
-                losses, prediction = base(*tensors)
-            return (losses, prediction, *norm.collected(recorder, steps))
-
-        return per_task
-
-    # -- the outer loop --------------------------------------------------------------------------------
-
-    def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None) -> Tensor:
-        """The MSL-weighted (or final-step) mean query loss; in training mode also updates BNRS statistics."""
-        steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
-        collect = self.training and self.norm is not None and bool(self.norm.stat_layers)
+    def outer_objective(self, steps: int) -> Objective:
+        """The MSL-weighted (or final-step) query loss; in training mode it also updates BNRS statistics."""
         # With one step the MSL weights are [1]: the final loss alone, with no query forward before it.
         use_msl = self.multi_step_loss and steps > 1 and self.msl_progress < 1
-        self._collecting = collect
-        try:
-            # Statistics are recorded in the query forward after every step, so they need track=True.
-            losses, _, *stats = self.task_losses(batch, steps, track=use_msl or collect)
-        finally:
-            self._collecting = False
-        if collect:
-            self.norm.update_statistics(stats, steps)
-        if use_msl:  # losses: (tasks, steps + 1); index 0 is before adaptation and carries no weight
-            weights = torch.tensor(msl_weights(steps, self.msl_progress), dtype=losses.dtype, device=losses.device)
-            return (losses[:, 1:] @ weights).mean()
-        return (losses[:, -1] if losses.dim() == 2 else losses).mean()
-
-    def predict(self, params: Params, x: Tensor, inner_steps: int | None = None) -> Tensor:
-        """The model on ``x`` with ``params`` (from :meth:`adapt`), using the per-step BatchNorm slot of
-        ``inner_steps`` (default: the training ``inner_steps``) adapted steps."""
-        _, buffers, _ = self.functional_state()
-        steps = self.inner_steps if inner_steps is None else _check_steps(inner_steps)
-        with exact_batch_norm(self.exact_bn):
-            return inner.forward(self.spec(), params, buffers, x, steps)
+        loss = QueryLoss(tuple(msl_weights(steps, self.msl_progress))) if use_msl else QueryLoss()
+        if self.training and self.norm is not None and self.norm.stat_layers:
+            return RecordingQueryLoss(loss, self.norm, steps)
+        return loss

@@ -7,20 +7,21 @@ same shape as theta, optimised in the outer loop beside theta. The rates live in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 
-from torch import Tensor, nn
+from fastmaml.algorithms.maml import MAML, MetaOptions
+from fastmaml.core.rules import UpdateRule, meta_sgd
 
-from fastmaml.algorithms.maml import MAML
-from fastmaml.core.execution import Execution
-from fastmaml.core.params import Selector
-from fastmaml.core.rules import meta_sgd
+
+@dataclasses.dataclass(frozen=True)
+class MetaSGDOptions(MetaOptions):
+    rule: UpdateRule | None = dataclasses.field(default=None, init=False)  # always meta_sgd(inner_lr)
 
 
 class MetaSGD(MAML):
     """MAML whose inner rates are per-parameter-entry and meta-learned, starting at ``inner_lr``.
 
-    Args: as :class:`MAML`, less ``rule`` (always :func:`fastmaml.core.rules.meta_sgd`).
+    Options: as :class:`MAML`, less ``rule`` (always :func:`fastmaml.core.rules.meta_sgd`).
 
     Example:
         >>> import fastmaml as fm
@@ -30,24 +31,8 @@ class MetaSGD(MAML):
         True
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        first_order: bool = False,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        *,
-        adapt: Selector = None,
-        execution: Execution = "auto",
-    ) -> None:
-        super().__init__(
-            model,
-            inner_lr,
-            inner_steps,
-            first_order,
-            loss_fn,
-            adapt=adapt,
-            rule=meta_sgd(float(inner_lr)),
-            execution=execution,
-        )
+    Options = MetaSGDOptions
+    options: MetaSGDOptions
+
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
+        return meta_sgd(options.inner_lr)

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._C._functorch import TransformType, peek_interpreter_stack
 from torch.overrides import TorchFunctionMode
 
 from fastmaml.core.params import Params
@@ -41,14 +40,6 @@ def _prefix(layer: str) -> str:
     return f"{layer}." if layer else ""
 
 
-def _inside_grad() -> bool:
-    # Support-set forwards run inside the core's torch.func.grad; their batch statistics are not
-    # recorded (a tensor of that transform cannot leave it). Query forwards run outside it. There is no
-    # public way to ask which transform is running; peek_interpreter_stack is functorch's own (torch >= 2.1).
-    interpreter = peek_interpreter_stack()
-    return interpreter is not None and interpreter.key() == TransformType.Grad
-
-
 class _Recorder(TorchFunctionMode):
     """Records (mean, unbiased var) of the input of every tagged BatchNorm call in training mode."""
 
@@ -57,12 +48,12 @@ class _Recorder(TorchFunctionMode):
         self.tags: dict[int, tuple[str, int, Tensor]] = {}  # id(running_mean) -> (layer, slot, tensor)
         self.stats: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.batch_norm:
             bound = {**dict(zip(_ARGS, args)), **kwargs}
             tag = self.tags.get(id(bound.get("running_mean")))
-            if tag is not None and bound.get("training", False) and not _inside_grad():
+            if tag is not None and bound.get("training", False):
                 x = bound["input"].detach()  # (N, C, *spatial)
                 dims = [0, *range(2, x.dim())]
                 self.stats[tag[:2]] = (
@@ -131,11 +122,15 @@ class PerStepNorm(nn.Module):
                 buffers[_prefix(layer) + stat + STEPS] = getattr(self, self._buffer(layer, stat))
         return params, buffers
 
-    def slot_state(self, params: Params, buffers: Params, slot: int) -> tuple[Params, Params]:
-        """The core's ``slot_state`` hook: replace each per-step entry by its slice for ``slot``."""
+    def slot_state(self, params: Params, buffers: Params, slot: int, query: bool) -> tuple[Params, Params]:
+        """The core's ``slot_state`` hook: replace each per-step entry by its slice for ``slot``.
+
+        Only query forwards are tagged for the recorder: support forwards run inside the inner loop's
+        ``torch.func.grad``, whose tensors cannot leave it (and their statistics are not the ones kept).
+        """
         slot = min(slot, self.slots - 1)
         params, buffers = dict(params), dict(buffers)
-        buffers.update({name: None for name in self.counters if name in buffers})
+        buffers.update({name: None for name in self.counters if name in buffers})  # type: ignore[misc]
         for name in self.weight_names:
             steps = params.pop(name + STEPS, None)
             if steps is not None:  # absent when a caller passes plain model parameters
@@ -145,7 +140,7 @@ class PerStepNorm(nn.Module):
                 steps = buffers.pop(_prefix(layer) + stat + STEPS, None)
                 if steps is not None:
                     buffers[_prefix(layer) + stat] = value = steps[slot]
-                    if stat == "running_mean" and self.recorder is not None:
+                    if stat == "running_mean" and query and self.recorder is not None:
                         self.recorder.tags[id(value)] = (layer, slot, value)
         return params, buffers
 
@@ -161,7 +156,7 @@ class PerStepNorm(nn.Module):
 
     def collected(self, recorder: _Recorder, steps: int) -> list[Tensor]:
         """The recorded statistics as a flat list, (layer, slot, mean/var) order, for the task mapper."""
-        out = []
+        out: list[Tensor] = []
         for layer in self.stat_layers:
             for slot in range(min(steps, self.slots - 1) + 1):
                 if (layer, slot) not in recorder.stats:

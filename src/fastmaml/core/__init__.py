@@ -4,9 +4,11 @@ from fastmaml.core.batchnorm import batch_norm, exact_batch_norm
 from fastmaml.core.execution import TaskMapper
 from fastmaml.core.inner import InnerSpec, adapt, default_loss, inner_step, task_loss
 from fastmaml.core.params import Params, module_state, select
-from fastmaml.core.rules import UpdateRule, meta_sgd, per_step, proximal, sgd
+from fastmaml.core.objective import Objective, QueryLoss, TaskContext, surrogate
+from fastmaml.core.rules import UpdateRule, adam, meta_sgd, momentum, per_step, proximal, sgd
 
 __all__ = [
-    "InnerSpec", "Params", "TaskMapper", "UpdateRule", "adapt", "batch_norm", "default_loss",
-    "exact_batch_norm", "inner_step", "meta_sgd", "module_state", "per_step", "proximal", "select", "sgd", "task_loss",
+    "InnerSpec", "Objective", "Params", "QueryLoss", "TaskContext", "TaskMapper", "UpdateRule", "adam", "adapt",
+    "batch_norm", "default_loss", "exact_batch_norm", "inner_step", "meta_sgd", "module_state", "momentum",
+    "per_step", "proximal", "select", "sgd", "surrogate", "task_loss",
 ]

@@ -1,183 +1,258 @@
-"""Outer steps: one call computes the mean query loss and writes the meta-gradient into ``.grad``.
+"""The outer loss and its meta-gradient, by the fastest exact path for the workload.
 
-``step = outer_step(maml); loss = step(batch)`` leaves in ``p.grad`` (accumulated, as ``backward`` does)
-for every ``p`` in ``maml.parameters()`` what ``maml.outer_loss(batch).backward()`` leaves, by the
-fastest path measured for the workload (benchmarks/RESULTS.md):
+``OuterEngine.loss(objective, ctx, tensors)`` returns the mean over tasks of ``objective``'s per-task
+loss. When a backward will follow (grad mode on, some meta-parameter requires grad), the meta-gradient
+is computed right away, by the fastest path, and the returned scalar is a :class:`MetaGradient` node
+whose backward hands ``grad_output * meta_gradient`` to the meta-parameters: ``loss.backward()`` then
+costs nothing more, and ``outer_loss(batch).backward()`` is exactly as fast as the fastest step.
 
-- ``"loop"``: tasks one at a time, each task's graph freed by its own backward right away, so the peak
-  memory is one task's graph (as learn2learn's per-task ``backward``) instead of the meta-batch's.
-- ``"outer_loss"``: ``maml.outer_loss(batch).backward()``, one graph over the meta-batch, mapped as
-  ``maml``'s ``execution`` says (vmap or loop); the only path for algorithms that override the loss.
-- ``"compiled"`` (:class:`CompiledOuterStep`): ``torch.compile(torch.func.grad_and_value(pure_fn))``
-  of a pure function of (params, rule state, buffers, batch tensors).
+The paths, all running the same per-task objective (so they cannot drift apart):
 
-All run :func:`fastmaml.core.inner.task_loss`, the one per-task function.
+- ``loop`` (the task mapper chose the loop): tasks one at a time, each task's graph freed by its own
+  gradient right away, so the peak memory is one task's graph (as learn2learn's per-task ``backward``).
+- ``vmap``: one vmapped graph over the meta-batch, differentiated once.
+- ``compiled``: ``torch.compile(torch.func.grad_and_value(pure_fn))`` of a pure function of (params,
+  learned state, buffers, batch tensors), mapped as the task mapper chose. Compiling takes seconds
+  to tens of seconds, so ``compile="auto"`` compiles only once the eager calls of one workload have
+  cost :data:`COMPILE_AFTER_S` seconds (rent-or-buy: never more than twice the better of the two
+  choices made in hindsight), only on the vmap path (the per-task convolutions of the loop path gain 7%,
+  benchmarks/RESULTS.md), and keeps it only if it is measured faster; each decision is logged.
+- the plain graph: ``outer_loss(batch, graph=True)``, or batch tensors that require grad; any
+  higher-order derivative works on it. The precomputed path refuses ``create_graph=True`` with an
+  error naming this fix, rather than returning a wrong second derivative.
+
+With grad mode off only the loss is computed.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
+import statistics
+import time
 import warnings
-from typing import Literal
+from collections.abc import Callable, Hashable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from fastmaml.core import inner
 from fastmaml.core.batchnorm import exact_batch_norm
-from fastmaml.core.execution import has_conv, run_loop, run_vmap
+from fastmaml.core.execution import TaskMapper, has_conv, run_loop, run_vmap
+from fastmaml.core.objective import Objective, TaskContext, objective_key
 from fastmaml.core.params import Params
-from fastmaml.tasks.batch import TaskBatch
 
-StepExecution = Literal["auto", "loop", "outer_loss", "compiled"]
-STEP_EXECUTIONS = ("auto", "loop", "outer_loss", "compiled")
-
-
-def plain_outer_loss(maml) -> bool:  # type: ignore[no-untyped-def]
-    """Whether ``maml``'s outer loss is MAML's mean of ``task_loss`` (not overridden by a subclass)."""
-    return all(getattr(type(maml), name).__qualname__ == f"MAML.{name}" for name in ("outer_loss", "task_losses"))
+Compile = bool | Literal["auto"]
+COMPILE_AFTER_S = 10.0
+_TRIALS = 5  # compiled calls timed before keeping or dropping the compiled step
+log = logging.getLogger(__name__)
 
 
-def _accumulate(tensors: list[Tensor], grads: tuple[Tensor | None, ...]) -> None:
-    """``t.grad += g`` the way ``backward`` does it (a fresh tensor where ``.grad`` is None)."""
-    for t, g in zip(tensors, grads):
-        if g is None:
-            continue
-        if t.grad is None:
-            t.grad = g.detach().clone() if g.data_ptr() == t.data_ptr() else g.detach()
-        else:
-            t.grad += g
+class MetaGradient(torch.autograd.Function):
+    """A scalar ``value`` whose backward gives each leaf ``grad_output * grads[i]`` (computed ahead)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grads: tuple[Tensor | None, ...], *leaves: Tensor) -> Tensor:
+        ctx.grads = grads
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "this outer loss computed its meta-gradient ahead, so it has no second derivative; "
+                "build it with outer_loss(batch, graph=True) to backward with create_graph=True"
+            )
+        return (None, None, *(None if g is None else grad_output * g for g in ctx.grads))
 
 
-class OuterStep:
-    """One meta-iteration's forward and backward for a :class:`fastmaml.MAML`.
+def _flat(objective: Objective, ctx: TaskContext) -> Callable[..., tuple[Tensor, ...]]:
+    """The objective as a per-task function of flat outputs ``(loss, *aux)``, for the task mapper."""
+
+    def per_task(*task: Tensor) -> tuple[Tensor, ...]:
+        loss, aux = objective(ctx, *task)
+        return (loss, *aux)
+
+    return per_task
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+class OuterEngine:
+    """Computes an algorithm's outer loss and meta-gradient (see the module docstring).
 
     Args:
-        maml: the meta-learner; its parameters receive the gradient.
-        execution: ``"loop"`` (tasks one at a time, each graph freed by its own backward: the peak
-            memory is one task's graph) or ``"outer_loss"`` (``maml.outer_loss(batch).backward()``).
-
-    Example:
-        >>> step = OuterStep(maml, "loop")
-        >>> loss = step(batch)   # maml's parameters now hold the meta-gradient in .grad
-        >>> optimizer.step()
+        mapper: the algorithm's task mapper (the one vmap-or-loop decision).
+        compile: ``True`` (compile from the second call), ``False``, or ``"auto"``.
+        exact_bn: run under :func:`fastmaml.core.batchnorm.exact_batch_norm`.
+        compile_options: keyword arguments for ``torch.compile`` (default: the C++ wrapper).
     """
 
-    def __init__(self, maml, execution: Literal["loop", "outer_loss"] = "loop") -> None:  # type: ignore[no-untyped-def]
-        if execution not in ("loop", "outer_loss"):
-            raise ValueError(f"execution={execution!r}; OuterStep runs 'loop' or 'outer_loss' (outer_step: the rest)")
-        if execution == "loop" and not plain_outer_loss(maml):
-            raise ValueError(f"{type(maml).__name__} overrides the outer loss; use execution='outer_loss'")
-        self.maml = maml
-        self.execution = execution
-
-    def __call__(self, batch: TaskBatch) -> Tensor:
-        """Mean query loss (detached); the meta-gradient is accumulated into the parameters' ``.grad``."""
-        if self.execution == "outer_loss":
-            loss = self.maml.outer_loss(batch)
-            loss.backward()
-            return loss.detach()
-        maml = self.maml
-        params, buffers, rule_state = maml.functional_state()
-        maml._check_model_accepts(batch, params, buffers)
-        leaves = [t for t in (*params.values(), *rule_state.values()) if t.requires_grad]
-        per_task = functools.partial(inner.task_loss, maml.spec(), params, buffers, rule_state,
-                                     steps=maml.inner_steps)
-        tasks, total = len(batch), torch.zeros(())
-        with exact_batch_norm(maml.exact_bn):
-            for i in range(tasks):
-                loss, _ = per_task(*(t[i] for t in batch.tensors()))
-                # d(mean)/d(loss_i) = 1/tasks; this task's graph is freed here, before the next is built.
-                _accumulate(leaves, torch.autograd.grad(loss / tasks, leaves, allow_unused=True))
-                total = total + loss.detach()
-        return total / tasks
-
-
-class CompiledOuterStep:
-    """``torch.compile(torch.func.grad_and_value(pure_fn))`` of the outer loss, gradients into ``.grad``.
-
-    ``pure_fn(params, rule_state, buffers, *batch tensors)`` is the mean of
-    :func:`fastmaml.core.inner.task_loss` over tasks, mapped the way ``maml``'s execution resolved: the
-    first call runs eagerly (``maml.outer_loss(batch).backward()``), which settles ``execution="auto"``,
-    and later calls run compiled (compilation happens on the second call and takes tens of seconds).
-    ``compile_kwargs`` go to ``torch.compile`` (default: ``options={"cpp_wrapper": True}``).
-    If compilation fails (no C++ compiler, an op dynamo cannot trace) it warns once and stays eager.
-
-    Example:
-        >>> step = CompiledOuterStep(maml)
-        >>> for batch in batches:
-        ...     optimizer.zero_grad(); loss = step(batch); optimizer.step()
-    """
-
-    def __init__(self, maml, **compile_kwargs) -> None:  # type: ignore[no-untyped-def]
-        self.maml = maml
+    def __init__(self, mapper: TaskMapper, compile: Compile = "auto", exact_bn: bool = False,
+                 compile_options: dict[str, Any] | None = None) -> None:
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile={compile!r}; use True, False or 'auto'")
+        self.mapper, self.compile, self.exact_bn = mapper, compile, exact_bn
         # The C++ wrapper calls the generated kernels without Python in between: 0.57 -> 0.44 ms for
         # the sinusoid MLP's step (25 tasks), whose kernels are a few microseconds each.
-        compile_kwargs.setdefault("options", {"cpp_wrapper": True})
-        self.compile_kwargs = compile_kwargs
-        self._compiled = None
-        if not plain_outer_loss(maml):
-            raise ValueError(f"{type(maml).__name__} overrides the outer loss; use OuterStep(maml, 'outer_loss')")
-        self._eager = OuterStep(maml, "outer_loss")
-        self.execution = "compiled"
+        self.compile_options = compile_options if compile_options is not None else {"options": {"cpp_wrapper": True}}
+        self._compiled: dict[Hashable, Callable[..., Any]] = {}
+        self._eager_s: dict[Hashable, list[float]] = {}  # the last 50 eager calls' seconds
+        self._eager_total: dict[Hashable, tuple[int, float]] = {}  # (calls, seconds) of all eager calls
+        self._compiled_s: dict[Hashable, list[float]] = {}
+        self._dropped: set[Hashable] = set()
+        self.failed = False  # torch.compile failed once: eager from then on
+        self.last_path = ""  # the path the last call took (for tests and logs)
 
-    def _build(self):  # type: ignore[no-untyped-def]
-        maml = self.maml
-        spec, steps, exact_bn = maml.spec(), maml.inner_steps, maml.exact_bn
-        run = run_vmap if maml.mapper.execution == "vmap" else run_loop
+    # -- the public entry ------------------------------------------------------------------------------
 
-        def pure_fn(params: Params, rule_state: Params, buffers: Params, *tensors: Tensor) -> Tensor:
-            per_task = functools.partial(inner.task_loss, spec, params, buffers, rule_state, steps=steps)
-            with exact_batch_norm(exact_bn):
-                losses, _ = run(per_task, *tensors)  # (tasks,)
-            return losses.mean()
+    def loss(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...], graph: bool = False
+             ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The mean per-task loss (with its meta-gradient attached, see the module docstring) and the aux."""
+        leaves = {("params", n): p for n, p in ctx.params.items() if p.requires_grad}
+        leaves.update({("learned", n): r for n, r in ctx.learned.items() if r.requires_grad})
+        if tensors[0].shape[0] == 0:  # no task (a rank of a meta-batch smaller than the world): contributes 0
+            zero = torch.zeros((), dtype=next(iter(ctx.params.values())).dtype, device=tensors[0].device)
+            self.last_path = "empty"
+            if not (torch.is_grad_enabled() and leaves):
+                return zero, ()
+            zeros = tuple(torch.zeros_like(t) for t in leaves.values())
+            return MetaGradient.apply(zero, zeros, *leaves.values()), ()
+        if not (torch.is_grad_enabled() and leaves):
+            with torch.no_grad():
+                losses, aux = self._map(objective, ctx, tensors)
+            self.last_path = "no_grad"
+            return losses.mean(), aux
+        if graph or any(t.requires_grad for t in tensors):
+            losses, aux = self._map(objective, ctx, tensors)
+            self.last_path = "graph"
+            return losses.mean(), aux
+        value, grads, aux = self._value_and_grad(objective, ctx, tensors, leaves)
+        return MetaGradient.apply(value, tuple(grads.get(k) for k in leaves), *leaves.values()), aux
 
-        return torch.compile(torch.func.grad_and_value(pure_fn, argnums=(0, 1)), **self.compile_kwargs)
+    # -- the paths -------------------------------------------------------------------------------------
 
-    def __call__(self, batch: TaskBatch) -> Tensor:
-        """Mean query loss (detached); the meta-gradient is accumulated into the parameters' ``.grad``."""
-        if self.execution == "eager" or self.maml.mapper.execution == "auto":
-            return self._eager(batch)
-        params, buffers, rule_state = self.maml.functional_state()
+    def _map(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...]):
+        with exact_batch_norm(self.exact_bn):
+            losses, *aux = self.mapper(_flat(objective, ctx), *tensors)
+        return losses, tuple(aux)
+
+    def _value_and_grad(self, objective, ctx, tensors, leaves):
+        execution = self.mapper.resolve(*tensors)
+        key = self._key(objective, ctx, tensors, execution)
+        if key is not None and self._use_compiled(key, execution):
+            start = time.perf_counter()
+            result = self._run_compiled(key, objective, ctx, tensors)
+            if result is not None:
+                self._compiled_s.setdefault(key, []).append(time.perf_counter() - start)
+                self._judge(key)
+                self.last_path = "compiled"
+                return result
+        start = time.perf_counter()
+        if execution == "loop":
+            result = self._loop(objective, ctx, tensors, leaves)
+        else:
+            losses, aux = self._map(objective, ctx, tensors)
+            value = losses.mean()
+            grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+            result = value.detach(), dict(zip(leaves, grads)), tuple(a.detach() for a in aux)
+            self.last_path = "vmap" if self.mapper.execution == "vmap" else "loop-graph"
+        if key is not None:
+            elapsed, recent = time.perf_counter() - start, self._eager_s.setdefault(key, [])
+            recent.append(elapsed)
+            del recent[:-50]
+            calls, total = self._eager_total.get(key, (0, 0.0))
+            self._eager_total[key] = (calls + 1, total + elapsed)
+        return result
+
+    def _loop(self, objective, ctx, tensors, leaves):
+        tasks, names, inputs = tensors[0].shape[0], list(leaves), list(leaves.values())
+        total: dict[Any, Tensor] = {}
+        value, aux_rows = torch.zeros((), device=tensors[0].device), []
+        with exact_batch_norm(self.exact_bn):
+            for i in range(tasks):
+                loss, aux = objective(ctx, *(t[i] for t in tensors))
+                # d(mean)/d(loss_i) = 1/tasks; this task's graph is freed here, before the next is built.
+                for name, g in zip(names, torch.autograd.grad(loss / tasks, inputs, allow_unused=True)):
+                    if g is not None:
+                        total[name] = total[name] + g if name in total else g
+                value = value + loss.detach()
+                aux_rows.append(tuple(a.detach() for a in aux))
+        aux = tuple(torch.stack(column) for column in zip(*aux_rows))
+        self.last_path = "loop"
+        return value / tasks, total, aux
+
+    # -- compilation -----------------------------------------------------------------------------------
+
+    def _key(self, objective, ctx, tensors, execution) -> Hashable | None:
+        which = objective_key(objective)
+        if which is None or self.compile is False or self.failed:
+            return None
+        shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+        return (which, ctx.spec, ctx.steps, execution, shapes)
+
+    def _use_compiled(self, key, execution: str) -> bool:
+        if key in self._compiled:
+            return True
+        if key in self._dropped:
+            return False
+        calls, total = self._eager_total.get(key, (0, 0.0))
+        if self.compile is True:
+            return calls >= 1  # the first call runs eagerly: it settles the task mapper
+        model = self.mapper.model
+        if execution != "vmap" or model is None or has_conv(model):
+            return False
+        if not calls or total < COMPILE_AFTER_S:
+            return False
+        log.info("compile=auto: compiling the outer step after %d eager calls (%.1f s, %.2f ms each)",
+                 calls, total, 1e3 * statistics.median(self._eager_s[key]))
+        return True
+
+    def _judge(self, key) -> None:
+        """Under ``compile="auto"``, drop a compiled step that is not faster than the eager one."""
+        timed = self._compiled_s[key][1:]  # the first call compiles
+        if self.compile != "auto" or len(timed) != _TRIALS:
+            return
+        compiled, eager = statistics.median(timed), statistics.median(self._eager_s[key])
+        if compiled >= eager:
+            del self._compiled[key]
+            self._dropped.add(key)
+        log.info("compile=auto: compiled step %.3f ms against eager %.3f ms: %s", 1e3 * compiled, 1e3 * eager,
+                 "dropped, eager from now on" if compiled >= eager else "kept")
+
+    def _run_compiled(self, key, objective, ctx: TaskContext, tensors):
         try:
-            if self._compiled is None:
-                self._compiled = self._build()
-            (grads, rule_grads), loss = self._compiled(
-                {n: p.detach() for n, p in params.items()},
-                {n: r.detach() for n, r in rule_state.items()},
-                buffers,
-                *batch.tensors(),
+            if key not in self._compiled:
+                self._compiled[key] = self._build(objective, ctx)
+            (grads, learned_grads), (value, aux) = self._compiled[key](
+                {n: p.detach() for n, p in ctx.params.items()},
+                {n: r.detach() for n, r in ctx.learned.items()},
+                ctx.buffers,
+                *tensors,
             )
         except Exception as error:  # noqa: BLE001 - any compile failure means: run eagerly instead
-            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            self._compiled.pop(key, None)
+            self.failed = True
             warnings.warn(
-                f"torch.compile failed for {type(self.maml.model).__name__} ({type(error).__name__}: {first}); "
-                "running the outer step eagerly from now on (use OuterStep to choose that and silence this)",
-                stacklevel=2,
+                f"torch.compile failed for {self.mapper.owner} ({type(error).__name__}: {_first_line(error)}); "
+                "running the outer step eagerly from now on (pass compile=False to choose that and silence this)",
+                stacklevel=4,
             )
-            self.execution = "eager"
-            return self._eager(batch)
-        _accumulate([params[n] for n in grads], tuple(grads.values()))
-        _accumulate([rule_state[n] for n in rule_grads], tuple(rule_grads.values()))
-        return loss.detach()
+            return None
+        out = {("params", n): g for n, g in grads.items() if ctx.params[n].requires_grad}
+        out.update({("learned", n): g for n, g in learned_grads.items() if ctx.learned[n].requires_grad})
+        return value.detach(), out, aux
 
+    def _build(self, objective, ctx: TaskContext):
+        run = run_vmap if self.mapper.execution == "vmap" else run_loop
+        exact_bn = self.exact_bn
 
-def outer_step(maml, execution: StepExecution = "auto") -> OuterStep | CompiledOuterStep:  # type: ignore[no-untyped-def]
-    """The outer step for ``maml``: ``"auto"`` is the loop for convolutional models and the compiled
-    step otherwise (the fastest measured on each; benchmarks/RESULTS.md), and ``outer_loss`` for
-    algorithms that override the outer loss.
+        def pure_fn(params: Params, learned: Params, buffers: Params, *tensors: Tensor):
+            per_task = _flat(objective, ctx._replace(params=params, learned=learned, buffers=buffers))
+            with exact_batch_norm(exact_bn):
+                losses, *aux = run(per_task, *tensors)  # (tasks,)
+            return losses.mean(), tuple(a.detach() for a in aux)
 
-    Example:
-        >>> step = outer_step(maml)
-        >>> loss = step(batch)
-    """
-    if execution not in STEP_EXECUTIONS:
-        raise ValueError(f"execution={execution!r} is not one of {STEP_EXECUTIONS}; pick one of them")
-    if execution == "auto":
-        if not plain_outer_loss(maml):
-            execution = "outer_loss"
-        else:
-            execution = "loop" if has_conv(maml.model) else "compiled"
-    if execution == "compiled":
-        return CompiledOuterStep(maml)
-    return OuterStep(maml, execution)
+        return torch.compile(torch.func.grad_and_value(pure_fn, argnums=(0, 1), has_aux=True), **self.compile_options)

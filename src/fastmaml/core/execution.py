@@ -1,15 +1,29 @@
-"""Running the per-task function over a meta-batch: vmapped, or in a Python loop.
+"""Running the per-task function over a meta-batch, vmapped or in a Python loop: the one decision.
 
-Which is faster depends on the workload, measured on a 2-core CPU with torch 2.13 (benchmarks/speed.py,
-benchmarks/RESULTS.md, CPU ms per second-order meta-iteration): on the sinusoid MLP vmap takes 3 ms and
-the loop 30 (25 tiny tasks: the loop pays the per-op overhead 25 times); on Conv-4 the loop takes 1164
-(strided) and 3944 (max-pool) and vmap 2607 and 12141, with 2.2x and 1.5x the memory (vmap turns every
-conv into a grouped convolution over all tasks' activations at once and needs the plain-op batch norm).
-So ``auto`` uses the loop for models with convolutions and vmap for the rest.
+:func:`decide` is the only place where ``execution="auto"`` becomes ``"vmap"`` or ``"loop"``, from the
+model and the size of one task; :class:`TaskMapper` applies it (once, logged) and everything else —
+the outer loss, its fast gradient path, evaluation — reads the mapper's resolved ``execution``.
+
+Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/RESULTS.md, "Speed"):
+
+- MLP on the sinusoid (25 tasks of 20 points): vmap 3 ms, the loop 30 (the loop pays the per-op
+  overhead once per task).
+- Conv-4 on Omniglot 5-way 1-shot with 10 images per task (the MAML paper's own tasks: 1 query image
+  per class): vmap 302 ms, the loop 466 (32 tasks' small convolutions batched into one grouped
+  convolution use the core better); 30 images per task: vmap 591, loop 696; 40 images per task
+  (20-way 1-shot, 16 tasks, 5 steps): vmap 3.08 s, the loop 2.39; 80 images per task (15 query per
+  class): vmap 2607 ms, the loop 1164, at half vmap's memory.
+
+So vmap runs everything except convolutional models whose tasks are large: over
+:data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 24,576 is about 31 Omniglot
+images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never
+chosen for a model where it is not exact (the hook ``vmap_is_exact`` of ``fastmaml.core.exact`` or
+``fastmaml.core.batchnorm``, where present).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -22,13 +36,48 @@ from fastmaml.core.batchnorm import vmapping
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
+VMAP_MAX_CONV_INPUTS = 24_576
 log = logging.getLogger(__name__)
 _CONV = (nn.modules.conv._ConvNd,)
+_VERDICT_MODULES = ("fastmaml.core.exact", "fastmaml.core.batchnorm")
 
 
 def has_conv(model: nn.Module) -> bool:
-    """Whether ``model`` contains a convolution (the loop beats vmap on those; see the module docstring)."""
+    """Whether ``model`` contains a convolution."""
     return any(isinstance(m, _CONV) for m in model.modules())
+
+
+def vmap_is_exact(model: nn.Module) -> bool:
+    """Whether vmap computes ``model``'s meta-gradient exactly: the verdict of ``vmap_is_exact`` in
+    ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, whichever provides it; True if neither does."""
+    for name in _VERDICT_MODULES:
+        try:
+            verdict = getattr(importlib.import_module(name), "vmap_is_exact", None)
+        except ImportError:
+            continue
+        if verdict is not None:
+            return bool(verdict(model))
+    return True
+
+
+def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]:
+    """``execution="auto"`` for ``model`` on a meta-batch ``(support_x, support_y, query_x, query_y, ...)``.
+
+    Example:
+        >>> import torch, fastmaml as fm
+        >>> decide(fm.models.MLP([1, 40, 40, 1]), *fm.Sinusoid().sample_tasks(2, torch.Generator()).tensors())
+        'vmap'
+    """
+    if model is None:  # no module to inspect: (tasks, examples, C, H, W) means images, a conv model
+        conv = batched[0].dim() >= 5
+    else:
+        if not vmap_is_exact(model):
+            return "loop"
+        conv = has_conv(model)
+    if not conv:
+        return "vmap"
+    inputs = sum(t[0].numel() for t in batched[::2][:2])  # support_x and query_x of one task
+    return "vmap" if inputs <= VMAP_MAX_CONV_INPUTS else "loop"
 
 
 def run_loop(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
@@ -43,37 +92,34 @@ def run_vmap(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[T
         return torch.func.vmap(fn, randomness="different")(*batched)
 
 
-def prefers_loop(model: nn.Module | None, *batched: Tensor) -> bool:
-    """The ``auto`` rule: the loop for convolutional models (or image-shaped inputs), vmap otherwise."""
-    if model is not None:
-        return has_conv(model)
-    # (tasks, examples, C, H, W) or longer: images, almost surely a convolutional model.
-    return batched[0].dim() >= 5
-
-
 class TaskMapper:
     """Maps a per-task function over tasks with the chosen execution path.
 
-    ``auto`` picks the loop for convolutional models (see :func:`prefers_loop`) and otherwise tries
-    vmap once; if the module cannot be vmapped it warns once naming the reason and uses the loop from
-    then on.
+    ``auto`` is settled by :func:`decide` on the first meta-batch (:meth:`resolve`, logged). If vmap
+    then cannot run the module it warns once naming the reason and uses the loop from then on.
     """
 
     def __init__(self, execution: Execution = "auto", owner: str = "model", model: nn.Module | None = None) -> None:
         if execution not in EXECUTIONS:
             raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}; pick one of them")
-        self.execution = execution
+        self.execution: str = execution
         self.owner = owner
         self.model = model
+        self._tried = execution != "auto"  # an explicit vmap raises; only auto's choice falls back
+
+    def resolve(self, *batched: Tensor) -> str:
+        """The execution for this meta-batch (settling ``auto`` once)."""
+        if self.execution == "auto":
+            self.execution = decide(self.model, *batched)
+            log.info("execution=auto: %s for %s (%s input elements per task)", self.execution, self.owner,
+                     sum(t[0].numel() for t in batched[::2][:2]))
+        return self.execution
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
-        if self.execution == "loop":
+        if self.resolve(*batched) == "loop":
             return run_loop(fn, *batched)
-        if self.execution == "vmap":
+        if self._tried:
             return run_vmap(fn, *batched)
-        if prefers_loop(self.model, *batched):
-            self.execution = "loop"
-            return run_loop(fn, *batched)
         try:
             outputs = run_vmap(fn, *batched)
         except (RuntimeError, NotImplementedError) as error:
@@ -86,6 +132,5 @@ class TaskMapper:
                 stacklevel=3,
             )
             self.execution = "loop"
-            return outputs
-        self.execution = "vmap"
+        self._tried = True
         return outputs

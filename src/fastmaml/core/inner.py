@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,10 @@ class InnerSpec:
         rule: the inner update rule.
         adapt_names: parameters updated in the inner loop; the rest stay fixed there.
         first_order: drop the inner loop's Jacobian (FOMAML): gradients are taken at detached values.
-        slot_state: optional ``(params, buffers, slot) -> (params, buffers)`` applied before every
-            forward; ``slot`` is the number of inner updates already applied (MAML++ swaps in per-step
-            BatchNorm weights and running statistics here). ``None``: the identity.
+        slot_state: optional ``(params, buffers, slot, query) -> (params, buffers)`` applied before
+            every forward; ``slot`` is the number of inner updates already applied and ``query`` whether
+            this is a query forward (MAML++ swaps in per-step BatchNorm weights and running statistics
+            here). ``None``: the identity.
     """
 
     model: nn.Module
@@ -47,12 +49,12 @@ class InnerSpec:
     rule: UpdateRule
     adapt_names: tuple[str, ...]
     first_order: bool
-    slot_state: Callable[[Params, Params, int], tuple[Params, Params]] | None = None
+    slot_state: Callable[[Params, Params, int, bool], tuple[Params, Params]] | None = None
 
 
-def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, slot: int = 0) -> Tensor:
+def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, slot: int = 0, query: bool = False) -> Tensor:
     if spec.slot_state is not None:
-        params, buffers = spec.slot_state(params, buffers, slot)
+        params, buffers = spec.slot_state(params, buffers, slot, query)
     return functional_call(spec.model, (params, buffers), (x,), strict=False)
 
 
@@ -67,9 +69,13 @@ def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tens
 
 
 def inner_step(
-    spec: InnerSpec, params: Params, buffers: Params, rule_state: Params, x: Tensor, y: Tensor, step: int
-) -> Params:
-    """One inner update of the adapted parameters in ``params``; the others pass through unchanged."""
+    spec: InnerSpec, params: Params, buffers: Params, learned: Params, state: Any, x: Tensor, y: Tensor, step: int
+) -> tuple[Params, Any]:
+    """One inner update of the adapted parameters in ``params`` (the others pass through unchanged).
+
+    ``learned`` is the rule's meta-learned state, ``state`` its per-task state (``spec.rule.init``);
+    returns the new parameters and the new per-task state.
+    """
     fast = {name: params[name] for name in spec.adapt_names}
     fixed = {name: p for name, p in params.items() if name not in fast}
     if spec.first_order:
@@ -83,15 +89,22 @@ def inner_step(
 
     # Buffers enter as an argument, not a capture: modules may update them in place (num_batches_tracked).
     grads = torch.func.grad(support_loss)(at, buffers)
-    return {**fixed, **spec.rule.update(fast, grads, rule_state, step)}
+    new, state = spec.rule.update(grads, state, fast, learned, step)
+    return {**fixed, **new}, state
+
+
+def init_state(spec: InnerSpec, params: Params) -> Any:
+    """The rule's per-task state at the start of a task's adaptation from ``params``."""
+    return spec.rule.init({name: params[name] for name in spec.adapt_names})
 
 
 def adapt(
-    spec: InnerSpec, params: Params, buffers: Params, rule_state: Params, x: Tensor, y: Tensor, steps: int
+    spec: InnerSpec, params: Params, buffers: Params, learned: Params, x: Tensor, y: Tensor, steps: int
 ) -> Params:
     """``steps`` inner updates on one task's support set; returns every parameter (adapted and fixed)."""
+    state = init_state(spec, params)
     for step in range(steps):
-        params = inner_step(spec, params, buffers, rule_state, x, y, step)
+        params, state = inner_step(spec, params, buffers, learned, state, x, y, step)
     return params
 
 
@@ -99,7 +112,7 @@ def task_loss(
     spec: InnerSpec,
     params: Params,
     buffers: Params,
-    rule_state: Params,
+    learned: Params,
     support_x: Tensor,
     support_y: Tensor,
     query_x: Tensor,
@@ -114,12 +127,13 @@ def task_loss(
     the evaluation curves use them).
     """
     losses, predictions = [], []
+    state = init_state(spec, params)
     for step in range(steps):
         if track:
-            predictions.append(forward(spec, params, buffers, query_x, step))
+            predictions.append(forward(spec, params, buffers, query_x, step, query=True))
             losses.append(spec.loss_fn(predictions[-1], query_y))
-        params = inner_step(spec, params, buffers, rule_state, support_x, support_y, step)
-    prediction = forward(spec, params, buffers, query_x, steps)
+        params, state = inner_step(spec, params, buffers, learned, state, support_x, support_y, step)
+    prediction = forward(spec, params, buffers, query_x, steps, query=True)
     loss = spec.loss_fn(prediction, query_y)
     if not track:
         return loss, prediction

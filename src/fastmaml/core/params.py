@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import torch
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
@@ -18,7 +17,7 @@ def module_state(model: nn.Module) -> tuple[Params, Params]:
     Raises:
         ValueError: the module has no parameter with ``requires_grad=True``.
     """
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params: Params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(
             f"{type(model).__name__} has no differentiable parameters; "
@@ -63,7 +62,3 @@ def detached(params: Params) -> Params:
     """A copy of ``params`` cut from the autograd graph (shares storage)."""
     return {name: p.detach() for name, p in params.items()}
 
-
-def flat_norm(tensors: Iterable[Tensor]) -> Tensor:
-    """The L2 norm of several tensors taken as one vector."""
-    return torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))

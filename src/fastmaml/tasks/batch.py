@@ -58,10 +58,6 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
-    @property
-    def tasks(self) -> int:
-        return len(self)
-
     def to(self, *args, **kwargs) -> TaskBatch:
         """Move every tensor (``.to`` semantics); floating dtypes only change the floating tensors."""
         def move(t: Tensor) -> Tensor:
@@ -91,6 +87,3 @@ class TaskBatch:
         per = len(self) // world_size
         return self[rank * per:(rank + 1) * per]
 
-    @staticmethod
-    def cat(batches: list[TaskBatch]) -> TaskBatch:
-        return TaskBatch(*(torch.cat(ts) for ts in zip(*(b.tensors() for b in batches))))

@@ -25,7 +25,7 @@ def fit(
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     seed: int = 0,
     execution: str = "auto",
-    compile: bool = False,
+    compile: bool | str = "auto",
     log_every: int = 100,
     metrics_path: str | Path | None = None,
     progress: bool = True,
@@ -39,6 +39,7 @@ def fit(
         optimizer: a ``torch.optim`` class (built with ``lr=outer_lr`` and ``optimizer_options``, e.g.
             ``momentum=0.9`` for SGD) or an optimizer already built over ``model.parameters()``.
         seed: seeds the task stream: the same seed gives the same tasks.
+        execution, compile: as :class:`fastmaml.MAML` (by default the library decides both).
 
     Example:
         >>> import fastmaml as fm
@@ -52,16 +53,16 @@ def fit(
         raise ValueError(f"iterations={iterations}, meta_batch_size={meta_batch_size}; use iterations >= 0 "
                          "and meta_batch_size >= 1")
     maml = MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=first_order, loss_fn=loss_fn,
-                execution=execution)
+                execution=execution, compile=compile)
     if isinstance(optimizer, torch.optim.Optimizer):
         outer = optimizer
     elif isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        outer = optimizer(maml.parameters(), lr=outer_lr, **optimizer_options)
+        outer = optimizer(maml.parameters(), lr=outer_lr, **optimizer_options)  # type: ignore[call-arg]
     else:
         raise TypeError(f"optimizer={optimizer!r}; pass a torch.optim class such as torch.optim.SGD, or an optimizer")
     meta_train(
         maml, outer, tasks, torch.Generator().manual_seed(seed), iterations=iterations,
-        meta_batch_size=meta_batch_size, step=make_step(maml, compile), log_every=log_every,
+        meta_batch_size=meta_batch_size, step=make_step(maml), log_every=log_every,
         metrics_path=Path(metrics_path) if metrics_path else None, progress=progress,
     )
     return maml

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 
 import torch
@@ -58,7 +59,8 @@ def build_model(config: TrainConfig, args: dict) -> nn.Module:
     if config.data.name == "sinusoid":
         raise ValueError(f"model.name={spec.name} takes images; use model.name=mlp for data.name=sinusoid")
     if spec.name == "conv4":
-        return models.Conv4(args["channels"], config.data.ways, spec.filters, spec.pool, args["image_size"])
+        pool = typing.cast(typing.Literal["stride", "max"], spec.pool)  # checked by Conv4
+        return models.Conv4(args["channels"], config.data.ways, spec.filters, pool, args["image_size"])
     if spec.name == "resnet12":
         return models.ResNet12(args["channels"], config.data.ways)
     raise ValueError(f"model.name={spec.name!r}; use one of mlp, conv4, resnet12")
@@ -67,9 +69,11 @@ def build_model(config: TrainConfig, args: dict) -> nn.Module:
 def build_algorithm(config: TrainConfig, model: nn.Module) -> nn.Module:
     from fastmaml.algorithms import build
 
+    # compile: None (the default) lets the library decide ("auto": compile once it pays for itself)
     return build(
         config.algorithm, model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
-        first_order=config.first_order, execution=config.execution, **config.algorithm_options,
+        first_order=config.first_order, execution=config.execution, compile=config.compile,
+        **config.algorithm_options,
     )
 
 
@@ -83,7 +87,8 @@ def build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> 
 def build_scheduler(config: TrainConfig, algorithm: nn.Module, optimizer: torch.optim.Optimizer):
     """The outer learning-rate schedule, stepped once per outer step: the algorithm's own (MAML++'s
     cosine annealing) or ``lr_schedule=cosine``, which anneals ``outer_lr`` to 0 over ``iterations``."""
-    own = algorithm.scheduler(optimizer, config.iterations) if hasattr(algorithm, "scheduler") else None
+    scheduler = getattr(algorithm, "scheduler", None)
+    own = scheduler(optimizer, config.iterations) if scheduler is not None else None
     if config.lr_schedule == "constant":
         return own
     if own is not None:

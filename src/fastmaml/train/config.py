@@ -64,7 +64,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     seed: int = 0
     execution: str = "auto"
-    compile: bool = False
+    compile: bool | None = None  # None: the library decides (fastmaml.core.compiled, compile="auto")
     threads: int = 0
     device: str = "cpu"
     dtype: str = "float32"

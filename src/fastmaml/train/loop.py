@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -79,21 +80,19 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def make_step(algorithm: nn.Module, compile: bool) -> Step:
-    """The fastest exact outer step for the workload (benchmarks/RESULTS.md, "Speed").
+def make_step(algorithm: Any) -> Step:
+    """One outer step: ``algorithm.outer_loss(batch).backward()``, the documented idiom.
 
-    Convolutional models: tasks one at a time, each task's graph freed by its own backward. Others:
-    the compiled step when ``compile``, else one vmapped graph. An explicit ``execution`` of the
-    algorithm, and algorithms that override the outer loss, always get ``outer_loss().backward()``.
+    The outer loss picks the fastest exact path itself (``fastmaml.core.compiled``), so the trainer runs
+    exactly what a user's own loop runs.
     """
-    from fastmaml.core.compiled import outer_step, plain_outer_loss
-    from fastmaml.core.execution import has_conv
 
-    if not plain_outer_loss(algorithm) or algorithm.mapper.execution != "auto":
-        return outer_step(algorithm, "outer_loss")
-    if compile:
-        return outer_step(algorithm, "compiled")
-    return outer_step(algorithm, "loop" if has_conv(algorithm.model) else "outer_loss")
+    def step(batch: TaskBatch) -> Tensor:
+        loss = algorithm.outer_loss(batch)
+        loss.backward()
+        return loss.detach()
+
+    return step
 
 
 def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str) -> None:
@@ -164,7 +163,7 @@ def meta_train(
     its shard of every meta-batch and the meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
     """
     state = state or LoopState()
-    step = step or make_step(algorithm, compile=False)
+    step = step or make_step(algorithm)
     dist = dist or Context()
     dist.check_meta_batch(meta_batch_size)
     params = [p for p in algorithm.parameters() if p.requires_grad]
@@ -176,8 +175,9 @@ def meta_train(
     out_of_time = False
     try:
         while state.iteration < iterations and not out_of_time:
-            if hasattr(algorithm, "begin_iteration"):
-                algorithm.begin_iteration(state.iteration, iterations)
+            begin = getattr(algorithm, "begin_iteration", None)
+            if begin is not None:
+                begin(state.iteration, iterations)
             # every rank draws the same full meta-batch, so the task stream does not depend on the world size
             full = tasks.sample_tasks(meta_batch_size, generator)
             batch = dist.shard(full).to(device=device, dtype=dtype)

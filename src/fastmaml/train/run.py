@@ -175,7 +175,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         with stop.installed():
             meta_train(
                 algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
-                meta_batch_size=config.meta_batch_size, step=make_step(algorithm, config.compile), scheduler=scheduler,
+                meta_batch_size=config.meta_batch_size, step=make_step(algorithm), scheduler=scheduler,
                 state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
                 on_log=on_log if main else None, checkpoint=save if main else None,
                 checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
