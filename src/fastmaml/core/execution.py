@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fastmaml.core.batchnorm import vmapping
+from fastmaml.core.exact import vmap_is_exact, vmapping
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
@@ -44,9 +44,10 @@ def run_vmap(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[T
 
 
 def prefers_loop(model: nn.Module | None, *batched: Tensor) -> bool:
-    """The ``auto`` rule: the loop for convolutional models (or image-shaped inputs), vmap otherwise."""
+    """The ``auto`` rule: the loop for convolutional models (or image-shaped inputs) and for models vmap
+    cannot make exact (:func:`fastmaml.core.exact.vmap_is_exact`), vmap otherwise."""
     if model is not None:
-        return has_conv(model)
+        return has_conv(model) or not vmap_is_exact(model)
     # (tasks, examples, C, H, W) or longer: images, almost surely a convolutional model.
     return batched[0].dim() >= 5
 
