@@ -6,11 +6,13 @@ second-order MAML meta-gradient against a plain autograd loop; ``tests/test_laye
 - under ``vmap`` over tasks, the batching rules for the backward of ``F.batch_norm``, ``F.layer_norm``
   and ``F.instance_norm`` are wrong (1e-3 to 2e-2 relative; pytorch/functorch#534), silently;
 - the fused CPU attention kernel behind ``F.scaled_dot_product_attention`` (so ``nn.MultiheadAttention``
-  and ``nn.Transformer*Layer``) has no double backward: second order fails on every path.
+  and ``nn.Transformer*Layer``) and the ``F.embedding_bag`` kernel have no double backward: second
+  order fails on every path.
 
 :func:`exact_ops` fixes both for any module, yours too. A ``TorchFunctionMode`` routes each function of
 :data:`ROUTES` to a plain-op formulation (:mod:`fastmaml.core.norms`) while a task dimension is vmapped
-(:func:`vmapping`) and to the native kernel otherwise (exact there, and cheaper); and attention runs on
+(:func:`vmapping`) and to the native kernel otherwise (exact there, and cheaper), ``F.embedding_bag`` to
+``F.embedding`` and reductions (:mod:`fastmaml.core.embedding`) on both paths; and attention runs on
 torch's math backend, which has every derivative, instead of the fused kernel. Everything else (group
 and RMS norm, convolutions, pooling, embeddings, activations, dropout) is exact natively and untouched.
 Recurrent layers cannot run under ``vmap`` at all; :func:`vmap_is_exact` tells ``execution="auto"``.
@@ -27,7 +29,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
-from fastmaml.core import norms
+from fastmaml.core import embedding, norms
 
 # How many task-dimension vmaps enclose the current call, per thread (set by execution.run_vmap).
 # A plain attribute rather than a ContextVar: torch.compile traces attributes, not ContextVar.get.
@@ -39,11 +41,12 @@ ROUTES: dict[Callable, tuple[Callable, Callable]] = {
     F.batch_norm: (norms.batch_norm, norms.native_batch_norm),
     F.layer_norm: (norms.layer_norm, F.layer_norm),
     F.instance_norm: (norms.instance_norm, norms.native_instance_norm),
+    F.embedding_bag: (embedding.embedding_bag, embedding.embedding_bag),
 }
 # Modules that call a routed function or attention; a module with its own ``forward`` may call anything.
 ROUTED_MODULES = (
     nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
-    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.EmbeddingBag,
 )
 # Modules ``vmap`` cannot run (their fused kernels have no batching rule): the loop is the exact path.
 LOOP_ONLY_MODULES = (nn.RNNBase, nn.RNNCellBase)
