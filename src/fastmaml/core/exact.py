@@ -43,6 +43,8 @@ ROUTES: dict[Callable, tuple[Callable, Callable]] = {
     F.instance_norm: (norms.instance_norm, norms.native_instance_norm),
     F.embedding_bag: (embedding.embedding_bag, embedding.embedding_bag),
 }
+# Attention functions: they run on torch's math backend within :func:`exact_ops`.
+ATTENTION = frozenset({F.scaled_dot_product_attention, F.multi_head_attention_forward})
 # Modules that call a routed function or attention; a module with its own ``forward`` may call anything.
 ROUTED_MODULES = (
     nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
@@ -67,10 +69,22 @@ def _vmap_depth() -> int:
 
 
 class _ExactOps(TorchFunctionMode):
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        super().__init__()
+        self.stack = stack  # closed when :func:`exact_ops` exits
+        self.math_attention = False
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         route = ROUTES.get(func)
         if route is not None:
             func = route[0] if _vmap_depth() else route[1]
+        elif func in ATTENTION and not self.math_attention:
+            # The math backend is composite: differentiable to any order and vmappable (the fused CPU
+            # kernel has no double backward). Entered at the first attention call, once per context,
+            # for the rest of it: the backend is global, so it also reaches the attention that
+            # F.multi_head_attention_forward calls inside itself, which this mode does not see.
+            self.stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            self.math_attention = True
         return func(*args, **(kwargs or {}))
 
 
@@ -102,7 +116,5 @@ def exact_ops(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    # The math backend is composite: differentiable to any order and vmappable (the fused CPU kernel
-    # has no double backward). Its cost over the fused kernel is in benchmarks/RESULTS.md.
-    with sdpa_kernel([SDPBackend.MATH]), _ExactOps():
+    with contextlib.ExitStack() as stack, _ExactOps(stack):
         yield
