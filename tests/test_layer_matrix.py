@@ -9,6 +9,7 @@ against central finite differences of the meta-loss.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import NamedTuple
 
@@ -131,19 +132,24 @@ class Case(NamedTuple):
 
 
 def mlp(*layers: nn.Module, width: int = D) -> Case:
-    """Layers between two linear maps, on (L, D) sequences."""
-    return Case(lambda: Seq(nn.Linear(D, width), *layers, nn.Linear(width, 1)), (L, D))
+    """Layers between two linear maps, on (L, D) sequences (each model gets its own copy of ``layers``)."""
+    return Case(lambda: Seq(nn.Linear(D, width), *copy.deepcopy(layers), nn.Linear(width, 1)), (L, D))
 
 
 def conv(dims: int, *layers: nn.Module, channels: int = 4, side: int = 4) -> Case:
     """A ``dims``-d convolution, then ``layers``, then a linear head over the flattened features."""
     convolution = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
     shape = (2,) + (side,) * dims
-    return Case(lambda: Seq(convolution(2, channels, 2), *layers, nn.Flatten(), nn.LazyLinear(1)), shape)
+    return Case(lambda: Seq(convolution(2, channels, 2), *copy.deepcopy(layers), nn.Flatten(), nn.LazyLinear(1)), shape)
+
+
+def evaluating(case: Case) -> Case:
+    """``case``'s model in eval mode (normalisations use their running statistics)."""
+    return case._replace(make=lambda: case.make().eval())
 
 
 def sequence(*layers: nn.Module) -> Case:
-    return Case(lambda: Seq(*layers, nn.Linear(D, 1)), (L, D))
+    return Case(lambda: Seq(*copy.deepcopy(layers), nn.Linear(D, 1)), (L, D))
 
 
 FAMILIES: dict[str, Case] = {
@@ -151,12 +157,15 @@ FAMILIES: dict[str, Case] = {
     "batchnorm1d": Case(lambda: Seq(nn.Linear(D, D), nn.BatchNorm1d(D), nn.Tanh(), nn.Linear(D, 1)), (D,)),
     "batchnorm2d": conv(2, nn.BatchNorm2d(4), nn.Tanh()),
     "batchnorm3d": conv(3, nn.BatchNorm3d(4), nn.Tanh(), side=3),
+    "batchnorm2d-eval": evaluating(conv(2, nn.BatchNorm2d(4), nn.Tanh())),
     "layernorm": mlp(nn.LayerNorm(D), nn.Tanh()),
     "layernorm-2d-no-bias": mlp(nn.LayerNorm((L, D), bias=False)),
+    "layernorm-no-affine": mlp(nn.LayerNorm(D, elementwise_affine=False), nn.Tanh()),
     "groupnorm": conv(1, nn.GroupNorm(2, 4), nn.Tanh(), side=5),
     "instancenorm1d": conv(1, nn.InstanceNorm1d(4, affine=True), nn.Tanh(), side=5),
     "instancenorm2d": conv(2, nn.InstanceNorm2d(4, affine=True, track_running_stats=True), nn.Tanh()),
     "instancenorm3d": conv(3, nn.InstanceNorm3d(4), nn.Tanh(), side=3),
+    "instancenorm1d-eval": evaluating(conv(1, nn.InstanceNorm1d(4, affine=True, track_running_stats=True), side=5)),
     "rmsnorm": mlp(nn.RMSNorm(D), nn.Tanh()),
     # attention
     "multihead-attention": sequence(SelfAttention()),

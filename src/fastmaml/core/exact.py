@@ -3,14 +3,15 @@
 Not every torch kernel is exact under fastmaml's transforms (measured with torch 2.14.1, float64,
 second-order MAML meta-gradient against a plain autograd loop; ``tests/test_layer_matrix.py``):
 
-- under ``vmap`` over tasks, the batching rules for the backward of ``F.batch_norm``, ``F.layer_norm``
-  and ``F.instance_norm`` are wrong (1e-3 to 2e-2 relative; pytorch/functorch#534), silently;
+- under ``vmap`` over tasks, the batching rules for the backward of ``F.batch_norm``, and of
+  ``F.layer_norm`` and ``F.instance_norm`` with an affine, are wrong (1e-3 to 2e-2 relative;
+  pytorch/functorch#534), silently;
 - the fused CPU attention kernel behind ``F.scaled_dot_product_attention`` (so ``nn.MultiheadAttention``
   and ``nn.Transformer*Layer``) and the ``F.embedding_bag`` kernel have no double backward: second
   order fails on every path.
 
 :func:`exact_ops` fixes both for any module, yours too. A ``TorchFunctionMode`` routes each function of
-:data:`ROUTES` to a plain-op formulation (:mod:`fastmaml.core.norms`) while a task dimension is vmapped
+:data:`ROUTES` to an exact formulation (:mod:`fastmaml.core.norms`) while a task dimension is vmapped
 (:func:`vmapping`) and to the native kernel otherwise (exact there, and cheaper), ``F.embedding_bag`` to
 ``F.embedding`` and reductions (:mod:`fastmaml.core.embedding`) on both paths; and attention runs on
 torch's math backend, which has every derivative, instead of the fused kernel. Everything else (group

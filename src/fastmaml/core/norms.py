@@ -1,12 +1,14 @@
-"""Normalisations written with plain tensor ops, exact under ``vmap`` at every derivative order.
+"""Normalisations that are exact under ``vmap`` at every derivative order.
 
 Measured with torch 2.14.1 (float64, second-order MAML meta-gradient against a plain autograd loop,
-``tests/test_layer_matrix.py``): vmapping the fused kernels of ``F.batch_norm``, ``F.layer_norm`` (with
-an elementwise affine) and ``F.instance_norm`` (with an affine) gives meta-gradients 1e-3 to 2e-2 off
-(torch's batching rules for their backward, pytorch/functorch#534), while the same maths written with
-``var_mean``, ``rsqrt`` and elementwise ops is exact. :mod:`fastmaml.core.exact` routes those calls here
-while a task dimension is vmapped and to the ``native_*`` functions (the fused kernels, exact outside
-vmap and cheaper) otherwise.
+``tests/test_layer_matrix.py``): vmapping ``F.batch_norm``, ``F.layer_norm`` with an elementwise affine
+and ``F.instance_norm`` with an affine gives meta-gradients 1e-3 to 2e-2 off (torch's batching rules for
+their backward, pytorch/functorch#534). Layer and instance norm are exact under vmap without the affine,
+so :func:`layer_norm` and :func:`instance_norm` run the native kernel without it and apply the affine
+with elementwise ops (cheaper than normalising with plain ops, and exact in the same tests);
+:func:`batch_norm` is written entirely with plain ops. :mod:`fastmaml.core.exact` routes those calls
+here while a task dimension is vmapped, and to the ``native_*`` functions (the fused kernels, exact
+outside vmap) otherwise.
 
 Running statistics are read, never written: in training each call is normalised with the statistics
 of the batch passed in (one task's support or query set, as in the MAML paper), so adapting never
@@ -21,6 +23,7 @@ from torch import Tensor
 
 _native_batch_norm = F.batch_norm
 _native_instance_norm = F.instance_norm
+_native_layer_norm = F.layer_norm
 
 
 def _affine(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
@@ -76,15 +79,12 @@ def layer_norm(
     x: Tensor, normalized_shape: list[int], weight: Tensor | None = None, bias: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``F.layer_norm`` from plain ops: statistics over the last ``len(normalized_shape)`` dimensions."""
-    dims = list(range(-len(normalized_shape), 0))
-    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
-    shape = tuple(normalized_shape)
-    y = (x - mean) * torch.rsqrt(var + eps)
+    """``F.layer_norm`` with its elementwise affine applied by plain ops after the native kernel."""
+    y = _native_layer_norm(x, normalized_shape, None, None, eps)
     if weight is not None:
-        y = y * weight.view(shape)
+        y = y * weight
     if bias is not None:
-        y = y + bias.view(shape)
+        y = y + bias
     return y
 
 
@@ -98,14 +98,18 @@ def instance_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``F.instance_norm`` from plain ops; ``x`` is (N, C, *spatial). Statistics per example and
-    channel; running statistics are read (``use_input_stats=False``), never written."""
+    """``F.instance_norm`` with its affine applied by plain ops after the native kernel (or, with
+    ``use_input_stats=False``, the running statistics' affine map); ``x`` is (N, C, *spatial).
+    Running statistics are read, never written."""
     shape = (1, -1) + (1,) * (x.dim() - 2)
     if use_input_stats or running_mean is None or running_var is None:
-        var, mean = torch.var_mean(x, list(range(2, x.dim())), correction=0, keepdim=True)
-    else:
-        mean, var = running_mean.view(shape), running_var.view(shape)
-    return _affine(x, mean, var, weight, bias, eps, shape)
+        y = _native_instance_norm(x, None, None, None, None, True, 0.0, eps)
+        if weight is not None:
+            y = y * weight.view(shape)
+        if bias is not None:
+            y = y + bias.view(shape)
+        return y
+    return _affine(x, running_mean.view(shape), running_var.view(shape), weight, bias, eps, shape)
 
 
 def native_instance_norm(
