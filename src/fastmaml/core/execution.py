@@ -5,7 +5,8 @@ benchmarks/RESULTS.md, CPU ms per second-order meta-iteration): on the sinusoid 
 the loop 30 (25 tiny tasks: the loop pays the per-op overhead 25 times); on Conv-4 the loop takes 1164
 (strided) and 3944 (max-pool) and vmap 2607 and 12141, with 2.2x and 1.5x the memory (vmap turns every
 conv into a grouped convolution over all tasks' activations at once and needs the plain-op batch norm).
-So ``auto`` uses the loop for models with convolutions and vmap for the rest.
+So ``auto`` uses the loop for models with convolutions and vmap for the rest, except models vmap cannot
+run exactly (recurrent layers; :func:`fastmaml.core.exact.vmap_is_exact`), which take the loop too.
 """
 
 from __future__ import annotations
