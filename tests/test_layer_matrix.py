@@ -77,6 +77,20 @@ class SDPA(nn.Module):
         return out.transpose(-3, -2).flatten(-2)
 
 
+class Unrolled(nn.Module):
+    """A recurrent cell (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``) unrolled over the sequence."""
+
+    def __init__(self, cell: type[nn.Module]) -> None:
+        super().__init__()
+        self.cell = cell(D, D)
+
+    def forward(self, x):  # (examples, L, D) -> (examples, D)
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        return state[0] if isinstance(state, tuple) else state
+
+
 class Decoder(nn.Module):
     def __init__(self, **options) -> None:
         super().__init__()
@@ -182,6 +196,9 @@ FAMILIES: dict[str, Case] = {
     "lstm": sequence(nn.LSTM(D, D, batch_first=True)),
     "gru": sequence(nn.GRU(D, D, num_layers=2, batch_first=True)),
     "rnn": sequence(nn.RNN(D, D, batch_first=True)),
+    "lstm-cell": sequence(Unrolled(nn.LSTMCell)),
+    "gru-cell": sequence(Unrolled(nn.GRUCell)),
+    "rnn-cell": sequence(Unrolled(nn.RNNCell)),
     # embeddings
     "embedding": Case(lambda: Seq(nn.Embedding(7, D), nn.Tanh(), nn.Linear(D, 1)), (L,), vocab=7),
     "embedding-layernorm": Case(lambda: Seq(nn.Embedding(7, D), nn.LayerNorm(D), nn.Linear(D, 1)), (L,), vocab=7),
