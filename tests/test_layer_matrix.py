@@ -172,6 +172,7 @@ FAMILIES: dict[str, Case] = {
     "batchnorm2d": conv(2, nn.BatchNorm2d(4), nn.Tanh()),
     "batchnorm3d": conv(3, nn.BatchNorm3d(4), nn.Tanh(), side=3),
     "batchnorm2d-eval": evaluating(conv(2, nn.BatchNorm2d(4), nn.Tanh())),
+    "batchnorm2d-batch-stats-only": conv(2, nn.BatchNorm2d(4, track_running_stats=False), nn.Tanh()),
     "layernorm": mlp(nn.LayerNorm(D), nn.Tanh()),
     "layernorm-2d-no-bias": mlp(nn.LayerNorm((L, D), bias=False)),
     "layernorm-no-affine": mlp(nn.LayerNorm(D, elementwise_affine=False), nn.Tanh()),
