@@ -16,7 +16,7 @@ SMALL = ["iterations=2", "log_every=1", "val_every=1", "val_tasks=2", "eval_task
 
 
 def test_the_recipe_count():
-    assert len(RECIPES) == 7
+    assert len(RECIPES) == 8
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,8 @@ def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
         if not OMNIGLOT.is_dir():
             pytest.skip(f"the Omniglot data is not at {OMNIGLOT}")
         overrides += [f"data.root={OMNIGLOT}", "model.filters=8", "meta_batch_size=2"]
+    elif recipe.startswith("sequence"):
+        overrides += ["meta_batch_size=2", "data.eval_query_shots=2"]
     else:
         overrides += [f"data.root={miniimagenet}", "model.filters=4", "data.query_shots=2"]
     assert main(["train", recipe, *overrides, "--out", str(tmp_path / "run"), "--no-progress"]) == 0, \

@@ -122,7 +122,7 @@ def test_config_overrides_and_errors():
 def test_every_recipe_resolves():
     names = cfg.recipe_names()
     assert names == ["miniimagenet-5w1s", "miniimagenet-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s",
-                     "omniglot-5w5s", "sinusoid"]
+                     "omniglot-5w5s", "sequence-5w1s", "sinusoid"]
     for name in names:
         assert isinstance(cfg.resolve(name), cfg.TrainConfig)
         assert cfg.recipe_summary(name)

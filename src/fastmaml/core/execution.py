@@ -17,13 +17,11 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
 So vmap runs everything except convolutional models whose tasks are large: over
 :data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 24,576 is about 31 Omniglot
 images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never
-chosen for a model where it is not exact (the hook ``vmap_is_exact`` of ``fastmaml.core.exact`` or
-``fastmaml.core.batchnorm``, where present).
+chosen for a model where it is not exact (:func:`fastmaml.core.exact.vmap_is_exact`: recurrent layers).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -32,32 +30,18 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from fastmaml.core.batchnorm import vmapping
+from fastmaml.core.exact import vmap_is_exact, vmapping
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
 VMAP_MAX_CONV_INPUTS = 24_576
 log = logging.getLogger(__name__)
 _CONV = (nn.modules.conv._ConvNd,)
-_VERDICT_MODULES = ("fastmaml.core.exact", "fastmaml.core.batchnorm")
 
 
 def has_conv(model: nn.Module) -> bool:
     """Whether ``model`` contains a convolution."""
     return any(isinstance(m, _CONV) for m in model.modules())
-
-
-def vmap_is_exact(model: nn.Module) -> bool:
-    """Whether vmap computes ``model``'s meta-gradient exactly: the verdict of ``vmap_is_exact`` in
-    ``fastmaml.core.exact`` or ``fastmaml.core.batchnorm``, whichever provides it; True if neither does."""
-    for name in _VERDICT_MODULES:
-        try:
-            verdict = getattr(importlib.import_module(name), "vmap_is_exact", None)
-        except ImportError:
-            continue
-        if verdict is not None:
-            return bool(verdict(model))
-    return True
 
 
 def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]:

@@ -6,6 +6,7 @@ import torch
 
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.tasks.episodes import EpisodicTasks
+from fastmaml.tasks.sequence import TokenSequences
 from fastmaml.tasks.sinusoid import Sinusoid
 
 
@@ -13,4 +14,4 @@ class TaskDistribution(Protocol):
     def sample_tasks(self, tasks: int, generator: torch.Generator) -> TaskBatch: ...
 
 
-__all__ = ["EpisodicTasks", "Sinusoid", "TaskBatch", "TaskDistribution"]
+__all__ = ["EpisodicTasks", "Sinusoid", "TaskBatch", "TaskDistribution", "TokenSequences"]

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from fastmaml.tasks import Sinusoid
+from fastmaml.tasks import Sinusoid, TokenSequences
 from fastmaml.train.config import TrainConfig
 
 SPLITS = ("train", "val", "test")
@@ -25,6 +25,8 @@ def build_tasks(config: TrainConfig, split: str):
         query_shots = data.eval_query_shots
     if data.name == "sinusoid":
         return Sinusoid(shots=data.shots, query_shots=query_shots)
+    if data.name == "sequence":
+        return TokenSequences(ways=data.ways, shots=data.shots, query_shots=query_shots)
     from fastmaml.data import episodic_tasks
 
     if data.root is None:
@@ -44,6 +46,8 @@ def model_args(config: TrainConfig, tasks) -> dict:
     """What the model's shape depends on beyond the config (saved with checkpoints for ``fm.load``)."""
     if config.data.name == "sinusoid":
         return {}
+    if config.data.name == "sequence":
+        return {"vocab": tasks.vocab}
     return {"channels": tasks.channels, "image_size": tasks.image_size}
 
 
@@ -52,6 +56,11 @@ def build_model(config: TrainConfig, args: dict) -> nn.Module:
 
     spec = config.model
     torch.manual_seed(config.seed)
+    if (spec.name == "transformer") != (config.data.name == "sequence"):
+        raise ValueError(f"model.name={spec.name} does not take data.name={config.data.name}; "
+                         "use model.name=transformer exactly for data.name=sequence")
+    if spec.name == "transformer":
+        return models.SequenceTransformer(args["vocab"], config.data.ways)
     if spec.name == "mlp":
         if config.data.name != "sinusoid":
             raise ValueError("model.name=mlp takes vector inputs; use model.name=conv4 or resnet12 for images")
@@ -63,7 +72,7 @@ def build_model(config: TrainConfig, args: dict) -> nn.Module:
         return models.Conv4(args["channels"], config.data.ways, spec.filters, pool, args["image_size"])
     if spec.name == "resnet12":
         return models.ResNet12(args["channels"], config.data.ways)
-    raise ValueError(f"model.name={spec.name!r}; use one of mlp, conv4, resnet12")
+    raise ValueError(f"model.name={spec.name!r}; use one of mlp, conv4, resnet12, transformer")
 
 
 def build_algorithm(config: TrainConfig, model: nn.Module) -> nn.Module:

@@ -14,7 +14,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where tasks come from. ``name``: sinusoid | omniglot | miniimagenet | folder.
+    """Where tasks come from. ``name``: sinusoid | sequence | omniglot | miniimagenet | folder.
 
     ``query_shots`` query examples per class train the model; meta-val and meta-test tasks have
     ``eval_query_shots`` (default: ``query_shots``), so a recipe can train on the paper's small query
@@ -35,7 +35,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network. ``name``: mlp | conv4 | resnet12."""
+    """The network. ``name``: mlp | conv4 | resnet12 | transformer."""
 
     name: str = "mlp"
     hidden: tuple[int, ...] = (40, 40)
