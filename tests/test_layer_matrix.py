@@ -283,8 +283,9 @@ def test_every_path_matches_plain_autograd(family, first_order):
         for name, g in expected.items():
             torch.testing.assert_close(got[name], g, rtol=1e-9, atol=1e-12 * scale,
                                        msg=lambda m, e=execution, n=name: f"{family} {e} {n}: {m}")
-    auto = "vmap" if vmap_is_exact(model) and not fm.core.execution.has_conv(model) else "loop"
-    assert maml.mapper.execution == auto
+    # auto: never vmap where it is inexact; otherwise the size rule of decide() (tested in test_execution)
+    auto = "loop" if not vmap_is_exact(model) else "vmap" if not fm.core.execution.has_conv(model) else None
+    assert maml.mapper.execution == (auto or fm.core.execution.decide(model, *batch.tensors()))
 
 
 def meta_loss(model, batch):
