@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     log_every: int = 100
+    tensorboard: bool = False  # also write the logged scalars as TensorBoard events in RUN_DIR/tensorboard/
     val_every: int = 0
     val_tasks: int = 100
     eval_tasks: int = 600
