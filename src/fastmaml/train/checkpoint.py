@@ -74,11 +74,14 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def _unpickler_reason(error: Exception) -> str:
-    """The informative line of torch's multi-paragraph weights_only refusal."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(boilerplate)]
-    return (reasons or lines or ["unreadable"])[0].rstrip(".")
+    """The informative sentence of torch's multi-paragraph weights_only refusal (worded differently
+    across torch releases: the sentence naming the refused GLOBAL when there is one)."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error: ") for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    named = [line for line in lines if "GLOBAL" in line]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    reasons = named or [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or ["unreadable"])[0].split(". ")[0].rstrip(".")
 
 
 def random_state(generators: dict[str, torch.Generator]) -> dict:

@@ -206,6 +206,7 @@ def _quiet_launcher() -> Iterator[None]:
 
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
                if name.startswith("torch.distributed")]
+    loggers.append(logging.getLogger())  # torch 2.4 logs "Using nproc_per_node=N." through the root logger
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
