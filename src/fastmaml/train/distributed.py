@@ -60,9 +60,9 @@ class Context:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-    def device(self, device: str) -> torch.device:
+    def device(self, name: str) -> torch.device:
         """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when there are several ranks."""
-        device = torch.device(device)
+        device = torch.device(name)
         if device.type == "cuda" and device.index is None and self.enabled:
             device = torch.device("cuda", self.local_rank)
         if device.type == "cuda":
@@ -141,9 +141,9 @@ class Context:
             except SHARED_ERRORS as error:
                 message = [None, (type(error).__name__, str(error))]
         dist.broadcast_object_list(message, src=0, device=torch.device("cpu"))
-        result, error = message
-        if error is not None:
-            name, text = error
+        result, failure = message
+        if failure is not None:
+            name, text = failure
             raise {cls.__name__: cls for cls in SHARED_ERRORS}[name](text)
         return result
 

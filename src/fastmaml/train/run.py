@@ -263,7 +263,7 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
 
     config = cfg.load(run_dir / CONFIG)
     saved = load_checkpoint(run_dir / BASELINES)
-    out = {}
+    out: dict[str, nn.Module] = {}
     for name in ("pretrained", "scratch"):
         model = build_model(config, {})
         model.load_state_dict(saved[name])
