@@ -241,6 +241,9 @@ def launch(cli_args: list[str], nproc_per_node: int) -> int:
     from torch.distributed.run import parse_args, run
 
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", REPORT_DIR)}
+    # the launcher installs its own handlers for these; a caller that goes on (a test, a notebook) gets its own back
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None),
+                                                 getattr(signal, "SIGQUIT", None)) if s is not None}
     with tempfile.TemporaryDirectory(prefix="fastmaml-launch-") as folder, _quiet_launcher():
         status, fallback = 0, ""
         try:
@@ -256,6 +259,9 @@ def launch(cli_args: list[str], nproc_per_node: int) -> int:
             status = 128 + int(error.sigval)
             fallback = f"fastmaml: {signal.Signals(error.sigval).name}"
         finally:
+            for signum, handler in handlers.items():
+                if handler is not None:  # None: a handler not installed from Python, nothing to restore
+                    signal.signal(signum, handler)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
