@@ -184,22 +184,26 @@ def test_the_flag_is_refused_inside_a_launched_job(monkeypatch, tmp_path, capsys
     assert "drop it when launching with torchrun" in capsys.readouterr().err
 
 
-def test_uneven_shards_all_reduced_are_the_global_mean():
-    """Each rank's weighted local mean gradient sums to the single-process meta-gradient, shares 2, 2, 1, 1."""
-    maml = fastmaml.MAML(fastmaml.models.MLP([1, 8, 1]).double(), inner_lr=0.1)
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml"])
+def test_uneven_shards_all_reduced_are_the_global_mean(name):
+    """Each rank's weighted local mean gradient sums to the single-process meta-gradient, shares 2, 2, 1, 1,
+    for every algorithm (each one's outer loss is a mean over tasks)."""
+    algorithm = fastmaml.build(name, fastmaml.models.MLP([1, 8, 8, 1]).double(), inner_lr=0.1, inner_steps=2)
     batch = fastmaml.Sinusoid(dtype=torch.float64).sample_tasks(6, torch.Generator().manual_seed(0))
-    maml.outer_loss(batch).backward()
-    full = [p.grad.clone() for p in maml.parameters()]
-    summed = [torch.zeros_like(p) for p in maml.parameters()]
+    params = [p for p in algorithm.parameters() if p.requires_grad]
+    algorithm.outer_loss(batch).backward()
+    full = [p.grad.clone() for p in params]
+    summed = [torch.zeros_like(p) for p in params]
     shards = [distributed.Context(rank, 4).shard(batch) for rank in range(4)]
     assert [len(s) for s in shards] == [2, 2, 1, 1]
     assert torch.equal(torch.cat([s.support_x for s in shards]), batch.support_x)  # contiguous, in order
     for shard in shards:
-        maml.zero_grad()
-        maml.outer_loss(shard).backward()
-        summed = [s + p.grad * len(shard) / len(batch) for s, p in zip(summed, maml.parameters())]
+        algorithm.zero_grad()
+        algorithm.outer_loss(shard).backward()
+        summed = [s + p.grad * len(shard) / len(batch) for s, p in zip(summed, params)]
     for a, b in zip(summed, full):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert any(g.abs().max() > 1e-6 for g in full)
 
 
 @pytest.mark.parametrize("tasks, world, sizes", [(25, 2, [13, 12]), (5, 5, [1] * 5), (7, 3, [3, 2, 2]),
