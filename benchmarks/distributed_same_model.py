@@ -6,8 +6,13 @@ largest relative parameter difference, ``max over tensors of max|two - one| / ma
 wall time of each run. The recipe's other settings (70,000 iterations, compiled step, one thread
 per process, seed 0) are kept; only the baselines are skipped (they are separate networks).
 
+``--control`` adds a third run per dtype: one process with ``compile=false`` (the eager step: the same
+meta-gradient, summed in another order), and its difference from the compiled one-process run. It
+measures how far rounding alone carries two exact runs apart over the run's length, whatever splits
+the sum.
+
     PYTHONPATH=src python benchmarks/distributed_same_model.py              # float32 and float64
-    PYTHONPATH=src python benchmarks/distributed_same_model.py --iterations 2000 --dtypes float64
+    PYTHONPATH=src python benchmarks/distributed_same_model.py --iterations 2000 --dtypes float64 --control
 """
 
 from __future__ import annotations
@@ -43,11 +48,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, help="default: the recipe's")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--control", action="store_true", help="also one process with compile=false")
     args = parser.parse_args()
     common = ["baseline_iterations=0", *([f"iterations={args.iterations}"] if args.iterations else [])]
-    print("| dtype | processes | wall s (1 process) | wall s (N processes) | final loss (1 / N) | "
-          "relative parameter difference |")
-    print("|---|---|---|---|---|---|")
+    print("| dtype | iterations | processes | wall s (1 process) | wall s (N processes) | final loss (1 / N) | "
+          "relative parameter difference | control: 1 process eager vs compiled |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes:
             one, many = Path(tmp, f"one-{dtype}"), Path(tmp, f"many-{dtype}")
@@ -57,8 +63,14 @@ def main() -> None:
                             "--nproc-per-node", str(args.processes)])
             a, b = (load_checkpoint(p / "checkpoint.pt") for p in (many, one))
             losses = f"{b['history'][-1]['loss']:.6g} / {a['history'][-1]['loss']:.6g}"
-            print(f"| {dtype} | {args.processes} | {t_one:.0f} | {t_many:.0f} | {losses} | "
-                  f"{relative_difference(a['algorithm'], b['algorithm']):.2e} |", flush=True)
+            control = "–"
+            if args.control:
+                eager = Path(tmp, f"eager-{dtype}")
+                train(["train", args.recipe, *overrides, "compile=false", "--out", str(eager), "--no-progress"])
+                c = load_checkpoint(eager / "checkpoint.pt")
+                control = f"{relative_difference(c['algorithm'], b['algorithm']):.2e}"
+            print(f"| {dtype} | {b['iteration']} | {args.processes} | {t_one:.0f} | {t_many:.0f} | {losses} | "
+                  f"{relative_difference(a['algorithm'], b['algorithm']):.2e} | {control} |", flush=True)
 
 
 if __name__ == "__main__":
