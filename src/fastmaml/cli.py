@@ -127,7 +127,7 @@ def run(argv: list[str]) -> int:
 
 def _report(line: str) -> None:
     """The closing line on stderr; a process started by ``--nproc-per-node`` hands it to the launcher."""
-    if os.environ.get("FASTMAML_REPORT_DIR"):
+    if os.environ.get("FASTMAML_REPORT_DIR"):  # distributed.REPORT_DIR, read before torch is imported
         from fastmaml.train.distributed import report
 
         report(line)
