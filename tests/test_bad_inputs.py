@@ -172,10 +172,10 @@ API_CASES: list[tuple[str, Callable[[Path], Callable[[], object]], type[Exceptio
     ("TaskBatch vs model features",
      lambda ws: lambda: fm.MAML(fm.models.MLP([1, 4, 1])).outer_loss(batch(features=3)),
      ValueError, "cannot take inputs of shape (3,)"),
-    ("uneven meta-batch over ranks", lambda ws: lambda: meta_train(
+    ("ranks without a task", lambda ws: lambda: meta_train(
         fm.MAML(fm.models.MLP([1, 4, 1])), torch.optim.SGD(fm.models.MLP([1, 1]).parameters(), 0.1), fm.Sinusoid(),
-        torch.Generator(), iterations=1, meta_batch_size=3, dist=Context(0, 2), progress=False),
-     ValueError, "meta_batch_size=3 does not split evenly over 2 processes"),
+        torch.Generator(), iterations=1, meta_batch_size=1, dist=Context(0, 2), progress=False),
+     ValueError, "meta_batch_size=1 leaves 1 of 2 processes without a task"),
     ("fit with negative iterations", lambda ws: lambda: fm.fit(fm.models.MLP([1, 1]), fm.Sinusoid(), iterations=-1),
      ValueError, "iterations=-1"),
 ]

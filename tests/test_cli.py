@@ -1,9 +1,14 @@
 """The command line: user errors are one line on stderr, exit status 2, no traceback."""
 
+import json
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from fastmaml.cli import main
 
@@ -60,3 +65,36 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path):
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     reader.stdin.close()
     assert result.returncode == 141 and result.stderr == ""
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# What the README's commands get on top: a short run (the recipe trains 70,000 iterations and 5,000 per baseline).
+SHORT = ["iterations=10", "log_every=5", "baseline_iterations=10", "eval_tasks=10", "compile=false"]
+
+
+def test_every_command_of_the_readme_command_line_section_runs_as_written(tmp_path, monkeypatch, capsys):
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+    assert [c[:3] for c in commands] == [
+        ["fastmaml", "recipes"], ["fastmaml", "train", "sinusoid"], ["fastmaml", "train", "sinusoid"],
+        ["fastmaml", "train", "--resume"], ["fastmaml", "train", "sinusoid"], ["fastmaml", "eval", "runs/sinusoid"],
+        ["fastmaml", "plot", "runs/sinusoid"]], "a command was added to README's Command line: run it here"
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        for command in commands:
+            argv = command[1:]
+            if "sinusoid" in argv[:2]:
+                argv[2:2] = SHORT
+            if argv[0] == "plot":
+                pytest.importorskip("matplotlib")
+            assert main(argv) == 0, (command, capsys.readouterr().err)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "run folder: runs/sinusoid" in out and "run folder: runs/sin5" in out and '"maml"' in out
+    runs = tmp_path / "runs"
+    assert json.loads((runs / "sinusoid" / "eval.json").read_text())["maml"]["tasks"] == 600
+    assert (runs / "sinusoid" / "plot.png").is_file() and (runs / "sin2" / "eval.json").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the launcher gave the handler back

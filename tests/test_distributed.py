@@ -1,18 +1,27 @@
-"""Multi-process training: 2 CPU processes (gloo, float64) train the same model as one process."""
+"""Multi-process training: N CPU processes (gloo, float64) train the same model as one process.
+
+The processes are started the way users start them: ``fastmaml train ... --nproc-per-node 2`` and the
+commands of docs/distributed.md, run exactly as written (short-run overrides aside).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import fastmaml
+from fastmaml.cli import main
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train import config as cfg
 from fastmaml.train import distributed
@@ -20,21 +29,34 @@ from fastmaml.train import run as runs
 from fastmaml.train.checkpoint import load_checkpoint
 
 SRC = str(Path(fastmaml.__file__).resolve().parents[1])
-OVERRIDES = ["log_every=5", "checkpoint_every=5", "meta_batch_size=6", "baseline_iterations=0", "eval_tasks=6",
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "distributed.md"
+# meta_batch_size=5 does not split evenly over 2 processes (3 + 2 tasks): the weighted all-reduce is exact anyway
+OVERRIDES = ["log_every=5", "checkpoint_every=5", "meta_batch_size=5", "baseline_iterations=0", "eval_tasks=6",
              "eval_inner_steps=1", "compile=false", "threads=1", "dtype=float64", "inner_steps=2", "seed=11"]
+# What the documented commands get on top: a short run (the recipe trains 70,000 iterations).
+SHORT = ["iterations=10", "log_every=5", "baseline_iterations=0", "eval_tasks=6", "eval_inner_steps=1",
+         "compile=false", "dtype=float64"]
 
 
-def torchrun(argv: list[str], cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={processes}", "-m", "fastmaml.cli", *argv],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+def environment(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
-def single_process(run_dir: Path, iterations: int) -> dict[str, torch.Tensor]:
+def cli(argv: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
+    """``fastmaml ARGV`` in a subprocess (the console script is ``python -m fastmaml.cli``)."""
+    return subprocess.Popen([sys.executable, "-m", "fastmaml.cli", *argv], cwd=cwd, env=environment(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def single_process(run_dir: Path, iterations: int, overrides: list[str] = OVERRIDES) -> dict[str, torch.Tensor]:
     threads = torch.get_num_threads()
     try:
-        runs.train(cfg.resolve("sinusoid", [*OVERRIDES, f"iterations={iterations}"]), run_dir, progress=False,
+        runs.train(cfg.resolve("sinusoid", [*overrides, f"iterations={iterations}"]), run_dir, progress=False,
                    evaluate_at_end=False)
     finally:
         torch.set_num_threads(threads)
@@ -46,51 +68,159 @@ def relative_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(((a[k] - b[k]).abs().max() / b[k].abs().max()).item() for k in a)
 
 
-def test_two_processes_train_what_one_process_trains_and_resume(tmp_path):
-    """Fresh 2-process run to 10 iterations, then a 2-process resume to 20: both equal 1 process to 1e-12."""
-    one_10 = single_process(tmp_path / "one-10", 10)
-    one_20 = single_process(tmp_path / "one-20", 20)
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_interrupted_and_resumed_train_what_one_process_trains(tmp_path):
+    """``--nproc-per-node 2`` on 5 tasks (3 + 2), stopped by Ctrl-C, resumed on 2 processes: 1 process to 1e-12."""
     run = tmp_path / "two"
-    result = torchrun(["train", "sinusoid", *OVERRIDES, "iterations=10", "--out", str(run), "--no-progress"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    two_10 = load_checkpoint(run / "checkpoint.pt")
-    assert all(t.dtype == torch.float64 for t in two_10["algorithm"].values())
-    assert relative_error(two_10["algorithm"], one_10) <= 1e-12
-    assert two_10["iteration"] == 10 and result.stdout.count("run folder:") == 1
+    proc = cli(["train", "sinusoid", *OVERRIDES, "iterations=100000", "--out", str(run), "--no-progress",
+                "--nproc-per-node", "2"], tmp_path)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # to the launcher only, as a terminal's Ctrl-C would reach it
+    status, _, err = finish(proc)
+    stopped = load_checkpoint(run / "checkpoint.pt")
+    # without a progress bar the log lines go to stderr; the job's last word is one line
+    assert status == 130 and err.endswith(f"\nfastmaml: interrupted at iteration {stopped['iteration']}; resume with "
+                                          f"fastmaml train --resume {run}\n") and err.count("fastmaml:") == 1
+    assert all(t.dtype == torch.float64 for t in stopped["algorithm"].values())
+    total = stopped["iteration"] + 7
+    cfg.save(dataclasses.replace(cfg.load(run / "config.yaml"), iterations=total), run / "config.yaml")
+    status, out, err = finish(cli(["train", "--resume", str(run), "--no-progress", "--nproc-per-node", "2"], tmp_path))
+    assert status == 0, err[-3000:]
+    assert out.count("maml ") == 1  # rank 0 alone evaluates and prints the table
+    resumed = load_checkpoint(run / "checkpoint.pt")
+    reference = single_process(tmp_path / "one", total)
+    assert resumed["iteration"] == total and relative_error(resumed["algorithm"], reference) <= 1e-12
+    assert relative_error(resumed["algorithm"], stopped["algorithm"]) > 1e-4  # it did train on
     # only rank 0 logs: one line per log step, and the logged loss is the global mean
-    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    reference = [json.loads(line) for line in (tmp_path / "one-10" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in logged] == [5, 10]
-    assert [r["loss"] for r in logged] == pytest.approx([r["loss"] for r in reference], rel=1e-12)
-    # resume in distributed mode (the run's config now asks for 20 iterations)
-    cfg.save(dataclasses.replace(cfg.load(run / "config.yaml"), iterations=20), run / "config.yaml")
-    result = torchrun(["train", "--resume", str(run), "--no-progress"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    two_20 = load_checkpoint(run / "checkpoint.pt")
-    assert two_20["iteration"] == 20 and relative_error(two_20["algorithm"], one_20) <= 1e-12
-    assert relative_error(two_20["algorithm"], one_10) > 1e-3  # it did train on
+    assert losses(run) == pytest.approx(losses(tmp_path / "one"), rel=1e-12)
 
 
-def test_the_all_reduced_shards_are_the_global_mean():
-    """Each rank's weighted local mean gradient sums to the single-process meta-gradient."""
-    maml = fastmaml.MAML(fastmaml.models.MLP([1, 8, 1]).double(), inner_lr=0.1)
+def documented_commands() -> list[str]:
+    """The commands of docs/distributed.md's bash blocks, continuation lines joined, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [" ".join(line.split()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def short(command: str) -> str:
+    """The documented command with the short-run overrides after the recipe name (a resume has none)."""
+    return command.replace(" sinusoid ", f" sinusoid {' '.join(SHORT)} ")
+
+
+def shell(command: str, cwd: Path, **variables: str) -> subprocess.Popen:
+    """``command`` as a user's shell runs it: ``fastmaml`` and ``python`` are this interpreter's."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return subprocess.Popen(["bash", "-c", command], cwd=cwd, env=environment(PATH=path, **variables),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_every_command_of_docs_distributed_runs_as_written(tmp_path):
+    commands = documented_commands()
+    assert commands == [
+        "fastmaml train sinusoid checkpoint_every=1000 --out runs/sin",
+        "fastmaml train --resume runs/sin",
+        "fastmaml train sinusoid --nproc-per-node 2 --out runs/sin2",
+        "fastmaml train --resume runs/sin2 --nproc-per-node 2",
+        "python -m torch.distributed.run --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=1 "
+        "--master_addr=$MASTER_ADDR --master_port=$MASTER_PORT -m fastmaml.cli train sinusoid --out runs/sin-nodes",
+    ], "a command was added to docs/distributed.md: run it here"
+    for command in commands[:4]:
+        status, _, err = finish(shell(short(command), tmp_path))
+        assert status == 0, (command, err[-3000:])
+    one, two = (load_checkpoint(tmp_path / "runs" / name / "checkpoint.pt")["algorithm"] for name in ("sin", "sin2"))
+    assert relative_error(two, one) <= 1e-12  # the recipe's 25 tasks split 13 + 12
+    # the two-machine command, as two "machines" on localhost with separate folders (no shared file system)
+    port = str(free_port())
+    nodes = []
+    for rank in ("0", "1"):
+        (tmp_path / f"node{rank}").mkdir()
+        nodes.append(shell(short(commands[4]), tmp_path / f"node{rank}", NODE_RANK=rank, MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=port, OMP_NUM_THREADS="1"))
+    for node in nodes:
+        status, _, err = finish(node)
+        assert status == 0, err[-3000:]
+    assert not (tmp_path / "node1" / "runs").exists()  # only machine 0 writes
+    nodes_run = load_checkpoint(tmp_path / "node0" / "runs" / "sin-nodes" / "checkpoint.pt")["algorithm"]
+    assert relative_error(nodes_run, one) <= 1e-12
+
+
+def test_a_process_error_is_one_line(tmp_path):
+    """Missing data is found inside the processes; the job still ends with one line, not one per process."""
+    status, _, err = finish(cli(["train", "omniglot-5w1s", f"data.root={tmp_path / 'nowhere'}", "--out",
+                                 str(tmp_path / "run"), "--nproc-per-node", "2"], tmp_path))
+    assert status == 2 and err.count("\n") == 1 and err.startswith("fastmaml: error: ") and "Traceback" not in err
+    assert "nowhere" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "sinusoid", "meta_batch_size=2", "--nproc-per-node", "3"],
+     "meta_batch_size=2 leaves 1 of 3 processes without a task; use at most 2 processes or meta_batch_size>=3"),
+    (["train", "sinusoid", "--nproc-per-node", "0"], "--nproc-per-node 0; start at least 1 process"),
+    (["train", "sinusoid", "bogus=1", "--nproc-per-node", "2"], "unknown config key 'bogus'"),
+    (["train", "--resume", "/nonexistent/run", "--nproc-per-node", "2"], "not a fastmaml run folder"),
+])
+def test_launch_errors_are_one_line_before_any_process_starts(argv, match, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out)] if "--resume" not in argv else argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"fastmaml: error: {match}\n" if match.startswith("meta") else match in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+def test_the_flag_is_refused_inside_a_launched_job(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "sinusoid", "--out", str(tmp_path / "run"), "--nproc-per-node", "2"]) == 2
+    assert "drop it when launching with torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml"])
+def test_uneven_shards_all_reduced_are_the_global_mean(name):
+    """Each rank's weighted local mean gradient sums to the single-process meta-gradient, shares 2, 2, 1, 1,
+    for every algorithm (each one's outer loss is a mean over tasks)."""
+    algorithm = fastmaml.build(name, fastmaml.models.MLP([1, 8, 8, 1]).double(), inner_lr=0.1, inner_steps=2)
     batch = fastmaml.Sinusoid(dtype=torch.float64).sample_tasks(6, torch.Generator().manual_seed(0))
-    maml.outer_loss(batch).backward()
-    full = [p.grad.clone() for p in maml.parameters()]
-    summed = [torch.zeros_like(p) for p in maml.parameters()]
-    for rank in range(3):
-        shard = distributed.Context(rank, 3).shard(batch)
-        maml.zero_grad()
-        maml.outer_loss(shard).backward()
-        summed = [s + p.grad * len(shard) / len(batch) for s, p in zip(summed, maml.parameters())]
+    params = [p for p in algorithm.parameters() if p.requires_grad]
+    algorithm.outer_loss(batch).backward()
+    full = [p.grad.clone() for p in params]
+    summed = [torch.zeros_like(p) for p in params]
+    shards = [distributed.Context(rank, 4).shard(batch) for rank in range(4)]
+    assert [len(s) for s in shards] == [2, 2, 1, 1]
+    assert torch.equal(torch.cat([s.support_x for s in shards]), batch.support_x)  # contiguous, in order
+    for shard in shards:
+        algorithm.zero_grad()
+        algorithm.outer_loss(shard).backward()
+        summed = [s + p.grad * len(shard) / len(batch) for s, p in zip(summed, params)]
     for a, b in zip(summed, full):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
-    assert torch.equal(distributed.Context(1, 3).shard(batch).support_x, batch.support_x[2:4])
+    assert any(g.abs().max() > 1e-6 for g in full)
 
 
-def test_uneven_meta_batch_and_incomplete_environment_are_one_line_errors(monkeypatch):
-    with pytest.raises(ValueError, match="meta_batch_size=5 does not split evenly over 2 processes"):
-        distributed.Context(0, 2).check_meta_batch(5)
+@pytest.mark.parametrize("tasks, world, sizes", [(25, 2, [13, 12]), (5, 5, [1] * 5), (7, 3, [3, 2, 2]),
+                                                 (2, 3, [1, 1, 0])])
+def test_shard_sizes_differ_by_at_most_one(tasks, world, sizes):
+    batch = TaskBatch(*[torch.arange(tasks, dtype=torch.float64).reshape(tasks, 1, 1)] * 4)
+    shards = [batch.shard(rank, world) for rank in range(world)]
+    assert [len(s) for s in shards] == sizes
+    assert torch.cat([s.support_x for s in shards]).flatten().tolist() == list(range(tasks))
+    with pytest.raises(ValueError, match="rank=3 is outside 0..2"):
+        batch.shard(3, 3)
+
+
+def test_incomplete_environment_is_a_one_line_error(monkeypatch):
+    with pytest.raises(ValueError, match="meta_batch_size=1 leaves 1 of 2 processes without a task"):
+        distributed.Context(0, 2).check_meta_batch(1)
+    distributed.Context(0, 2).check_meta_batch(3)  # uneven is fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("RANK", raising=False)

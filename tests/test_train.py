@@ -184,3 +184,50 @@ def test_task_scores_are_per_task_and_summarise_to_evaluate():
     assert losses.shape == (30, 3) and accuracy is None  # regression: no accuracy
     for step in range(3):
         assert summary["loss"][step]["mean"] == pytest.approx(losses[:, step].double().mean().item(), rel=1e-12)
+
+
+def tensorboard_scalars(folder, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_tensorboard_events_match_metrics_and_survive_a_resume(tmp_path):
+    """``tensorboard=true`` logs what metrics.jsonl logs; events past the resumed checkpoint are purged."""
+    import dataclasses
+    import time
+
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    config = small_config(iterations=8, log_every=2, checkpoint_every=4, baseline_iterations=0, val_every=4,
+                          val_tasks=5, tensorboard="true")
+    runs.train(config, run, progress=False, evaluate_at_end=False)
+    time.sleep(1.1)  # event files are ordered by the second they were opened in
+    with SummaryWriter(str(run / "tensorboard")) as stale:  # what a run killed after iteration 8 had logged
+        stale.add_scalar("train/loss", 99.0, 10)
+    time.sleep(1.1)
+    cfg.save(dataclasses.replace(config, iterations=12), run / "config.yaml")
+    runs.train(None, run, resume=True, progress=False, evaluate_at_end=False)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    loss = tensorboard_scalars(run / "tensorboard", "train/loss")
+    assert loss == [(r["iteration"], pytest.approx(r["loss"])) for r in metrics]
+    assert [s for s, _ in loss] == [2, 4, 6, 8, 10, 12]
+    val = tensorboard_scalars(run / "tensorboard", "val/score")
+    assert val == [(r["iteration"], pytest.approx(r["val"])) for r in metrics if "val" in r] and len(val) == 3
+    assert len(tensorboard_scalars(run / "tensorboard", "train/tasks_per_s")) == 6
+
+
+def test_tensorboard_without_its_package_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fastmaml.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were absent
+    assert main(["train", "sinusoid", "tensorboard=true", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("fastmaml: error: tensorboard=true needs the tensorboard package: "
+                                       "pip install 'fastmaml[tensorboard]'\n")
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--nproc-per-node", type=int, metavar="N",
+                       help="split each meta-batch over N processes on this machine (torch.distributed)")
 
     evaluate = commands.add_parser("eval", help="meta-test a finished run on fresh tasks")
     evaluate.add_argument("run_dir", type=Path)
@@ -57,6 +59,30 @@ def _require_cli_extra() -> None:
         raise ImportError("fastmaml's command line needs PyYAML and tqdm: pip install 'fastmaml[cli]'") from None
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``train --nproc-per-node N``: check what can be checked here (one line, before any process
+    starts), then run the same command without the flag in N processes."""
+    from fastmaml.train import config as cfg
+    from fastmaml.train import distributed
+    from fastmaml.train import run as runs
+
+    if args.resume is not None:
+        if args.recipe or args.overrides:
+            raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
+        runs.check_run_dir(args.resume, overwrite=False, resume=True)
+        config = cfg.load(args.resume / runs.CONFIG)
+        argv = ["train", "--resume", str(args.resume)]
+    else:
+        if args.recipe is None:
+            raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
+        config = cfg.resolve(args.recipe, args.overrides)
+        out = args.out or Path("runs") / Path(args.recipe).stem
+        runs.check_run_dir(out, args.overwrite, resume=False)
+        argv = ["train", args.recipe, *args.overrides, "--out", str(out), *(["--overwrite"] if args.overwrite else [])]
+    distributed.Context(0, max(args.nproc_per_node, 1)).check_meta_batch(config.meta_batch_size)
+    return distributed.launch([*argv, *(["--no-progress"] if args.no_progress else [])], args.nproc_per_node)
+
+
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     _require_cli_extra()
@@ -67,6 +93,8 @@ def run(argv: list[str]) -> int:
         for name in cfg.recipe_names():
             print(f"{name:<20} {cfg.recipe_summary(name)}")
         return 0
+    if args.command == "train" and args.nproc_per_node is not None and args.nproc_per_node != 1:
+        return _launch(args)
     if args.command == "train":
         if args.resume is not None:
             if args.recipe or args.overrides:
@@ -97,6 +125,16 @@ def run(argv: list[str]) -> int:
     raise AssertionError(args.command)
 
 
+def _report(line: str) -> None:
+    """The closing line on stderr; a process started by ``--nproc-per-node`` hands it to the launcher."""
+    if os.environ.get("FASTMAML_REPORT_DIR"):  # distributed.REPORT_DIR, read before torch is imported
+        from fastmaml.train.distributed import report
+
+        report(line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -109,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         # Interrupted (a KeyboardInterrupt) carries "interrupted at iteration N; resume with ..."
         signum = getattr(error, "signum", signal.SIGINT)
         if os.environ.get("RANK", "0") == "0":  # one message per distributed job
-            print(f"fastmaml: {error.args[0] if error.args else 'interrupted'}", file=sys.stderr)
+            _report(f"fastmaml: {error.args[0] if error.args else 'interrupted'}")
         return 128 + signum
     except (*USER_ERRORS, ImportError) as error:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         rank = os.environ.get("RANK", "0")
         prog = "fastmaml" if rank == "0" else f"fastmaml[rank {rank}]"
-        print(f"{prog}: error: {message.splitlines()[0] if message else type(error).__name__}", file=sys.stderr)
+        _report(f"{prog}: error: {message.splitlines()[0] if message else type(error).__name__}")
         return 2
 
 

@@ -76,14 +76,14 @@ class TaskBatch:
         return TaskBatch(*(t[index] for t in self.tensors()))
 
     def shard(self, rank: int, world_size: int) -> TaskBatch:
-        """This rank's contiguous share of the tasks, for splitting a meta-batch across processes."""
+        """This rank's contiguous share of the tasks, for splitting a meta-batch across processes.
+
+        Shares differ by at most one task: the first ``len(self) % world_size`` ranks get one more
+        (25 tasks over 2 ranks: 13 and 12). A rank beyond the task count gets an empty batch.
+        """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
-        if len(self) % world_size:
-            raise ValueError(
-                f"{len(self)} tasks do not split evenly over {world_size} processes; "
-                "make meta_batch_size a multiple of the number of processes"
-            )
-        per = len(self) // world_size
-        return self[rank * per:(rank + 1) * per]
+        per, extra = divmod(len(self), world_size)
+        start = rank * per + min(rank, extra)
+        return self[start:start + per + (rank < extra)]
 

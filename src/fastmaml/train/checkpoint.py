@@ -8,7 +8,7 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def _write_atomic(path: Path, mode: str, write: Callable[[IO], None]) -> None:
+def _write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> None:
     """Write through ``write(file)`` so that a crash at any moment leaves the old file or the new one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -74,16 +74,19 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def _unpickler_reason(error: Exception) -> str:
-    """The informative line of torch's multi-paragraph weights_only refusal."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler")
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(boilerplate)]
-    return (reasons or lines or ["unreadable"])[0].rstrip(".")
+    """The informative sentence of torch's multi-paragraph weights_only refusal (worded differently
+    across torch releases: the sentence naming the refused GLOBAL when there is one)."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error: ") for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    named = [line for line in lines if "GLOBAL" in line]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    reasons = named or [line for line in lines if not line.startswith(boilerplate)]
+    return (reasons or lines or ["unreadable"])[0].split(". ")[0].rstrip(".")
 
 
 def random_state(generators: dict[str, torch.Generator]) -> dict:
     """Every random state a run depends on, in weights_only-loadable types."""
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy tuple (name, keys, pos, has_gauss, gauss)
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

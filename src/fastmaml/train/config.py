@@ -69,6 +69,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     log_every: int = 100
+    tensorboard: bool = False  # also write the logged scalars as TensorBoard events in RUN_DIR/tensorboard/
     val_every: int = 0
     val_tasks: int = 100
     eval_tasks: int = 600
@@ -128,7 +129,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, name + ".")
+        return from_dict(typing.cast(type, hint), value or {}, name + ".")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

@@ -1,21 +1,30 @@
 """Multi-process meta-training on ``torch.distributed``: an execution detail of the training loop.
 
 Every rank samples the SAME full meta-batch from the same seeded generator and keeps its contiguous
-shard (``TaskBatch.shard``). Each rank's backward leaves the mean meta-gradient of its own tasks in
-``.grad``; :meth:`Context.allreduce_grads` turns that into the exact global mean,
-``sum_r grad_r * tasks_r / tasks``, so N processes train the same model as one process on the same
-tasks (up to floating-point summation order). Only rank 0 logs and writes files.
+shard (``TaskBatch.shard``; shares differ by at most one task, so any meta-batch size splits). Each
+rank's backward leaves the mean meta-gradient of its own tasks in ``.grad``;
+:meth:`Context.allreduce_grads` turns that into the exact global mean, ``sum_r grad_r * tasks_r / tasks``
+(the per-task gradient sums, all-reduced), so N processes train the same model as one process on the
+same tasks (up to floating-point summation order). Only rank 0 logs and writes files.
 
-Launch with ``torchrun --nproc_per_node=N -m fastmaml.cli train ...`` (or the ``fastmaml`` script):
-the process group is set up from the ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` /
-``MASTER_PORT`` variables torchrun sets; gloo carries CPU tensors, NCCL CUDA ones.
+``fastmaml train RECIPE --nproc-per-node N`` starts the N processes itself (:func:`launch`, through
+``torch.distributed.run``); ``python -m torch.distributed.run ... -m fastmaml.cli train ...`` does the
+same by hand, on one machine or several. The process group is set up from the ``RANK`` /
+``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` variables the launcher sets; gloo
+carries CPU tensors, NCCL CUDA ones.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -23,6 +32,9 @@ from torch import Tensor, nn
 
 T = TypeVar("T")
 # Errors rank 0 may hit while opening a run; re-raised with the same type on every other rank.
+# Under `--nproc-per-node` each process writes its closing line (error or interruption) into the folder
+# this variable names, and the launcher prints one line for the whole job instead of one per process.
+REPORT_DIR = "FASTMAML_REPORT_DIR"
 SHARED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
                  KeyError)
 
@@ -48,9 +60,9 @@ class Context:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-    def device(self, device: str) -> torch.device:
+    def device(self, name: str) -> torch.device:
         """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when there are several ranks."""
-        device = torch.device(device)
+        device = torch.device(name)
         if device.type == "cuda" and device.index is None and self.enabled:
             device = torch.device("cuda", self.local_rank)
         if device.type == "cuda":
@@ -58,9 +70,11 @@ class Context:
         return device
 
     def check_meta_batch(self, meta_batch_size: int) -> None:
-        if meta_batch_size % self.world_size:
-            raise ValueError(f"meta_batch_size={meta_batch_size} does not split evenly over {self.world_size} "
-                             f"processes; make it a multiple of {self.world_size}")
+        """Every rank needs a task; shares may differ by one (the all-reduce weights them exactly)."""
+        if meta_batch_size < self.world_size:
+            raise ValueError(f"meta_batch_size={meta_batch_size} leaves {self.world_size - meta_batch_size} of "
+                             f"{self.world_size} processes without a task; use at most {meta_batch_size} processes "
+                             f"or meta_batch_size>={self.world_size}")
 
     def shard(self, batch):
         """This rank's contiguous share of a full meta-batch (the whole batch on one process)."""
@@ -127,9 +141,9 @@ class Context:
             except SHARED_ERRORS as error:
                 message = [None, (type(error).__name__, str(error))]
         dist.broadcast_object_list(message, src=0, device=torch.device("cpu"))
-        result, error = message
-        if error is not None:
-            name, text = error
+        result, failure = message
+        if failure is not None:
+            name, text = failure
             raise {cls.__name__: cls for cls in SHARED_ERRORS}[name](text)
         return result
 
@@ -166,3 +180,94 @@ def from_env() -> Context:
         dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
         context.owns_group = True
     return context
+
+
+def report(line: str) -> None:
+    """Print a process's closing line to stderr, or hand it to :func:`launch` when that started the process."""
+    folder = os.environ.get(REPORT_DIR)
+    if folder and Path(folder).is_dir():
+        Path(folder, f"rank-{int(os.environ.get('RANK', '0')):06d}").write_text(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def _quiet_launcher() -> Iterator[None]:
+    """Silence torch.distributed.run's own logging (each of its modules sets its logger's level): the
+    workers speak for the job."""
+    import torch.distributed.run  # noqa: F401  (creates the launcher's loggers)
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("torch.distributed")]
+    loggers.append(logging.getLogger())  # torch 2.4 logs "Using nproc_per_node=N." through the root logger
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def launch(cli_args: list[str], nproc_per_node: int) -> int:
+    """Run ``python -m fastmaml.cli *cli_args`` in ``nproc_per_node`` processes on this machine; its exit status.
+
+    The processes are started through ``torch.distributed.run`` with a standalone rendezvous (localhost,
+    a free port), as ``torchrun --standalone --nproc_per_node=N`` would. Each process gets
+    ``cores // N`` intra-op threads unless ``OMP_NUM_THREADS`` is set (``threads=`` in the config
+    still overrides). The job ends with one line, not one per process: the first failing rank's error
+    (rank 0's when it has one), or rank 0's "interrupted at iteration N" after Ctrl-C/SIGTERM.
+
+    Example:
+        >>> launch(["train", "sinusoid", "iterations=10", "--out", "runs/sin2"], 2)  # doctest: +SKIP
+        0
+    """
+    if nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node {nproc_per_node}; start at least 1 process")
+    if "WORLD_SIZE" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        raise ValueError("--nproc-per-node starts the processes itself; drop it when launching with torchrun")
+    if not torch.distributed.is_available():
+        raise ImportError("this torch build has no torch.distributed; install a torch with distributed support")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", REPORT_DIR)}
+    # the launcher installs its own handlers for these; a caller that goes on (a test, a notebook) gets its own back
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None),
+                                                 getattr(signal, "SIGQUIT", None)) if s is not None}
+    with tempfile.TemporaryDirectory(prefix="fastmaml-launch-") as folder, _quiet_launcher():
+        status, fallback = 0, ""
+        try:
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc_per_node)))
+            os.environ[REPORT_DIR] = folder
+            run(parse_args(["--standalone", f"--nproc_per_node={nproc_per_node}", "-m", "fastmaml.cli",
+                            *cli_args]))
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            status = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode  # -N: killed by N
+            fallback = f"fastmaml: error: process {rank} exited with status {status}; its output is above"
+        except SignalException as error:  # Ctrl-C/SIGTERM to the launcher, forwarded once to every process
+            status = 128 + int(error.sigval)
+            fallback = f"fastmaml: {signal.Signals(error.sigval).name}"
+        finally:
+            for signum, handler in handlers.items():
+                if handler is not None:  # None: a handler not installed from Python, nothing to restore
+                    signal.signal(signum, handler)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        reports = sorted(Path(folder).glob("rank-*"))
+        if status:
+            print(reports[0].read_text() if reports else fallback, file=sys.stderr)
+    return status

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +58,9 @@ def task_scores(
     with torch.no_grad():
         for start in range(0, num_tasks, chunk):
             batch = tasks.sample_tasks(min(chunk, num_tasks - start), generator).to(device=device, dtype=dtype)
-            step_losses, predictions = algorithm.task_losses(batch, inner_steps, track=True)
+            # every algorithm has task_losses; nn.Module's __getattr__ types it as a Tensor or Module
+            task_losses = cast(Callable[..., tuple[Tensor, Tensor]], algorithm.task_losses)
+            step_losses, predictions = task_losses(batch, inner_steps, track=True)
             losses.append(step_losses)  # (tasks, steps + 1)
             if not batch.query_y.is_floating_point():
                 # predictions (tasks, steps + 1, query, ways); labels (tasks, query)

@@ -38,8 +38,18 @@ from fastmaml.train.loop import (
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CONFIG, METRICS, LAST, BEST, BASELINES, EVAL = (
-    "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json")
+CONFIG, METRICS, LAST, BEST, BASELINES, EVAL, TENSORBOARD = (
+    "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json", "tensorboard")
+
+
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or an error naming the extra that provides it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("tensorboard=true needs the tensorboard package: pip install 'fastmaml[tensorboard]'") \
+            from None
+    return SummaryWriter
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
@@ -128,6 +138,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     else:
         dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
     dist.check_meta_batch(config.meta_batch_size)
+    writer_class = summary_writer_class() if config.tensorboard and dist.is_main else None
     device = _device(config.device, dist)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -152,6 +163,9 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         write_text_atomic("".join(json.dumps(r) + "\n" for r in state.history), run_dir / METRICS)
         for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed save_atomic
             leftover.unlink()
+    # Events past the checkpoint's iteration (logged before a kill) are purged, as metrics.jsonl's lines are.
+    writer = writer_class(str(run_dir / TENSORBOARD), purge_step=state.iteration + 1 if resume else None) \
+        if writer_class is not None else None
 
     def on_log(state: LoopState, last: bool) -> None:
         it = state.iteration
@@ -165,6 +179,11 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
                 state.best = score
                 save_atomic({"algorithm": algorithm.state_dict(), "model_args": args, "iteration": it,
                              "val": score}, run_dir / BEST)
+        if writer is not None:
+            for key, value in state.history[-1].items():
+                if key != "iteration":
+                    writer.add_scalar(f"train/{key}" if key != "val" else "val/score", value, it)
+            writer.flush()  # a killed run keeps what it logged, as metrics.jsonl does
 
     def save(state: LoopState) -> None:
         save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler, {"model_args": args})
@@ -184,6 +203,9 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     except (Interrupted, FloatingPointError):
         dist.close(barrier=True)  # every rank stops at the same iteration (the decision is all-reduced)
         raise
+    finally:
+        if writer is not None:
+            writer.close()
     dist.close(barrier=True)  # the rest is rank 0's alone
     if not main:
         return None
@@ -241,7 +263,7 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
 
     config = cfg.load(run_dir / CONFIG)
     saved = load_checkpoint(run_dir / BASELINES)
-    out = {}
+    out: dict[str, nn.Module] = {}
     for name in ("pretrained", "scratch"):
         model = build_model(config, {})
         model.load_state_dict(saved[name])
