@@ -98,7 +98,7 @@ class MetaRL(nn.Module):
         dtype = next(iter(params.values())).dtype
         x = torch.as_tensor(np.asarray(obs) if not as_tensor else obs, dtype=dtype).unsqueeze(0)
         with torch.no_grad():
-            action = policies.mode(functional_call(self.policy, params, (x,)))[0]
+            action = policies.mode(policies.detach(functional_call(self.policy, params, (x,))))[0]
         if as_tensor:
             return action
         return int(action) if action.dim() == 0 else action.numpy()

@@ -48,7 +48,8 @@ def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories
 
     def act(obs: Tensor) -> tuple[Tensor, policies.Output]:
         with torch.no_grad():
-            output = policy_output(policy, params, obs, batched)
+            # detach: a view of a parameter (the expanded log_std) still requires grad under no_grad
+            output = policies.detach(policy_output(policy, params, obs, batched))
         return policies.sample(output, generator), output
 
     if hasattr(family, "rollout"):
