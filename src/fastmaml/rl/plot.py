@@ -81,7 +81,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     if config.env == "navigation2d":
         family = runs.build_family(config)
-        goals = [t["goal"] for t in family.sample_tasks(3, torch.Generator().manual_seed(config.seed + runs.TEST_STREAM))]
+        test_stream = torch.Generator().manual_seed(config.seed + runs.TEST_STREAM)  # meta-test goals
+        goals = [t["goal"] for t in family.sample_tasks(3, test_stream)]
         trajectories_panel(axes[0], learner, goals, 1, seed)
     else:
         axes[0].set_visible(False)
