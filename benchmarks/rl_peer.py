@@ -12,8 +12,10 @@ Run in the peer venv (learn2learn, cherry-rl, gym==0.25.2), from the repository 
 
     nice -n 10 /work/peers-venv/bin/python benchmarks/rl_peer.py --iterations 3 --out runs/rl_peer.jsonl
 
-Each line of ``--out``: the iteration, its wall seconds, and the peer's printed ``adaptation_reward``
-(mean return of the post-adaptation episodes of that iteration's tasks).
+Each line of ``--out``: the iteration, wall and CPU seconds (of the main process, which runs the policy
+and the TRPO update; the workers only step the environments) since the start, and the peer's printed
+``adaptation_reward`` (mean return of the post-adaptation episodes of that iteration's tasks). On a
+shared CPU compare CPU seconds: wall time there measures the other users too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Clock(io.TextIOBase):
             elif line.startswith("adaptation_reward"):
                 now = time.perf_counter()
                 record = {"iteration": self.iteration, "seconds_since_start": now - self.start,
+                          "cpu_seconds_since_start": time.process_time(),
                           "adaptation_reward": float(line.split()[1])}
                 with self.out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
