@@ -33,7 +33,7 @@ class RLSpec:
         policy: the module whose parameters are swapped in through ``functional_call``.
         inner_lr: the inner policy-gradient step size (0.1 in the paper's 2D navigation).
         first_order: drop the inner step's Jacobian (gradients taken at detached parameters).
-        execution: ``vmap``, ``loop`` or ``auto`` (vmap, the faster on these small MLPs).
+        execution: ``vmap``, ``loop`` or ``auto`` (vmap: one batched graph for the meta-batch).
     """
 
     policy: nn.Module
