@@ -33,6 +33,12 @@ def _cache(tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
     overrides = list(SMALL)
+    if recipe == "nav2d":  # meta-RL: its own config keys (tests/test_rl_train.py covers it in depth)
+        overrides = ["iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=5", "policy.hidden=[4]",
+                     "baseline_iterations=1", "eval_tasks=2", "checkpoint_every=1"]
+        assert main(["train", recipe, *overrides, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+        assert json.loads((tmp_path / "run" / "eval.json").read_text())["maml"]["returns"][0]["mean"] < 0
+        return
     if recipe == "sinusoid":
         overrides += ["compile=false", "baseline_iterations=2", "val_every=0"]
     elif recipe.startswith("omniglot"):

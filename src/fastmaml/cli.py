@@ -89,6 +89,11 @@ def run(argv: list[str]) -> int:
     from fastmaml.train import config as cfg
     from fastmaml.train import run as runs
 
+    from fastmaml.rl import cli as rl_cli  # meta-RL recipes and runs (kind: rl) have their own trainer
+
+    if rl_cli.handles(args):
+        return rl_cli.run(args)
+
     if args.command == "recipes":
         for name in cfg.recipe_names():
             print(f"{name:<20} {cfg.recipe_summary(name)}")

@@ -247,6 +247,12 @@ def load(run_dir: str | Path, which: str = "best") -> nn.Module:
             f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the folder `fastmaml train` wrote")
     if which not in ("best", "last"):
         raise ValueError(f"which={which!r}; use 'best' or 'last'")
+    from fastmaml.rl.config import is_rl_run
+
+    if is_rl_run(run_dir):  # a meta-RL run: its learner (fastmaml.rl.MetaRL)
+        from fastmaml.rl.train import load as load_rl
+
+        return load_rl(run_dir)
     config = cfg.load(run_dir / CONFIG)
     path = run_dir / BEST if which == "best" and (run_dir / BEST).is_file() else run_dir / LAST
     checkpoint = load_checkpoint(path)

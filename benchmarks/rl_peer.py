@@ -1,0 +1,84 @@
+"""learn2learn's ``examples/rl/maml_trpo.py`` (MAML-TRPO on its Particles2D 2D navigation) timed per
+meta-iteration, for the side-by-side in benchmarks/RESULTS.md ("Meta-RL").
+
+The peer runs as published (``/work/shared/peers/learn2learn-rl/``: its policy, environment and
+defaults: 20 tasks x 20 episodes x 100 steps, 2x100 ReLU policy, one inner step of 0.1, 10
+sampling worker processes), with one change so that it runs with cherry-rl 0.2.0, the release pip
+installs: cherry moved the wrappers the script calls ``ch.envs.ActionSpaceScaler``, ``ch.envs.Torch``
+and ``ch.envs.Runner`` to ``cherry.wrappers``; they are aliased back before the script is imported.
+gym is pinned to 0.25.2, the last release with the 4-tuple ``step`` API the script uses.
+
+Run in the peer venv (learn2learn, cherry-rl, gym==0.25.2), from the repository root::
+
+    nice -n 10 /work/peers-venv/bin/python benchmarks/rl_peer.py --iterations 3 --out runs/rl_peer.jsonl
+
+Each line of ``--out``: the iteration, wall and CPU seconds (of the main process, which runs the policy
+and the TRPO update; the workers only step the environments) since the start, and the peer's printed
+``adaptation_reward`` (mean return of the post-adaptation episodes of that iteration's tasks). On a
+shared CPU compare CPU seconds: wall time there measures the other users too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "learn2learn-rl"
+
+
+class _Clock(io.TextIOBase):
+    """Stdout that notes when the script prints each iteration's reward."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.buffer, self.start, self.iteration = out, "", time.perf_counter(), None
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            if line.startswith("Iteration"):
+                self.iteration = int(line.split()[1])
+            elif line.startswith("adaptation_reward"):
+                now = time.perf_counter()
+                record = {"iteration": self.iteration, "seconds_since_start": now - self.start,
+                          "cpu_seconds_since_start": time.process_time(),
+                          "adaptation_reward": float(line.split()[1])}
+                with self.out.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                sys.__stdout__.write(json.dumps(record) + "\n")
+                sys.__stdout__.flush()
+        return len(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    import cherry
+
+    for name in ("ActionSpaceScaler", "Torch", "Runner"):
+        setattr(cherry.envs, name, getattr(cherry.wrappers, name))
+    sys.path.insert(0, str(PEER))
+    import maml_trpo
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("")
+    clock = _Clock(args.out)
+    sys.stdout = clock
+    try:
+        # Each record is written when the script prints the iteration's reward, after sampling; the TRPO
+        # update of iteration k ends when iteration k+1's sampling starts, so per-iteration time is the
+        # difference of consecutive records (the first one also includes the start-up).
+        maml_trpo.main(num_iterations=args.iterations + 1, seed=args.seed)
+    finally:
+        sys.stdout = sys.__stdout__
+
+
+if __name__ == "__main__":
+    main()

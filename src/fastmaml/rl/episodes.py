@@ -1,0 +1,80 @@
+"""Trajectories of a meta-batch of tasks as tensors with leading dimensions (tasks, trajectories, time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from fastmaml.rl.policies import Output
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """``trajectories`` episodes of ``horizon`` steps for each task of a meta-batch.
+
+    Attributes:
+        observations: (tasks, N, T, obs_dim) the observation each action was taken in.
+        actions: (tasks, N, T, action_dim) for Box actions, (tasks, N, T) for Discrete ones.
+        rewards: (tasks, N, T), zero after an episode ended.
+        mask: (tasks, N, T), 1 while the episode runs, 0 after it terminated.
+        outputs: the sampling policy's output for every observation (detached), the "old" policy of
+            TRPO's importance ratio and KL.
+        advantages: (tasks, N, T), filled in by :func:`fastmaml.rl.baseline.with_advantages`.
+    """
+
+    observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    outputs: Output
+    advantages: Tensor | None = None
+
+    @staticmethod
+    def from_steps(steps: list[tuple]) -> Episodes:
+        """From per-step tuples ``(obs, actions, rewards, mask, output)``, each with leading (tasks, N)."""
+        obs, actions, rewards, mask, outputs = zip(*steps)
+        if isinstance(outputs[0], (tuple, list)):
+            output = tuple(torch.stack(column, 2).detach() for column in zip(*outputs))
+        else:
+            output = torch.stack(outputs, 2).detach()
+        return Episodes(torch.stack(obs, 2), torch.stack(actions, 2).detach(), torch.stack(rewards, 2),
+                        torch.stack(mask, 2), output)
+
+    @staticmethod
+    def cat(parts: list[Episodes], dim: int) -> Episodes:
+        """Episodes joined along ``dim`` (1: more trajectories per task)."""
+        def join(values):
+            if values[0] is None:
+                return None
+            if isinstance(values[0], tuple):
+                return tuple(torch.cat(column, dim) for column in zip(*values))
+            return torch.cat(values, dim)
+
+        return Episodes(*(join([getattr(p, f.name) for p in parts]) for f in fields(Episodes)))
+
+    def returns(self) -> Tensor:
+        """Undiscounted return of every trajectory: (tasks, N)."""
+        return self.rewards.sum(-1)
+
+    def task(self, i: int) -> Episodes:
+        """One task's episodes, without the task dimension."""
+        return Episodes(*(_index(getattr(self, f.name), i) for f in fields(self)))
+
+    def with_advantages(self, advantages: Tensor) -> Episodes:
+        return replace(self, advantages=advantages)
+
+    def tensors(self) -> tuple:
+        """(observations, actions, advantages, mask, outputs): what the per-task objectives read."""
+        if self.advantages is None:
+            raise ValueError("these episodes have no advantages yet; call fastmaml.rl.baseline.with_advantages")
+        return self.observations, self.actions, self.advantages, self.mask, self.outputs
+
+
+def _index(value, i: int):
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(v[i] for v in value)
+    return value[i]

@@ -1,0 +1,80 @@
+"""Meta-testing: average return before adaptation and after each inner step on fresh tasks, for the
+meta-learned policy and the paper's baselines (pretrained on the task mixture, random initialisation,
+oracle), each fine-tuned by the same inner steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastmaml.core.params import Params, detached
+from fastmaml.rl import objectives
+from fastmaml.rl.learner import MetaRL
+from fastmaml.rl.sampler import sample_tasks
+
+
+def returns_by_step(learner: MetaRL, family, tasks: list, steps: int, generator: torch.Generator,
+                    params: Params | None = None) -> torch.Tensor:
+    """(tasks, steps + 1) mean return per task: of the episodes sampled before each inner step and after
+    the last; each step adapts on the episodes just sampled (fresh ones every step, as in training)."""
+    base = detached(params if params is not None else learner.params())
+    current = {name: p.unsqueeze(0).expand(len(tasks), *p.shape) for name, p in base.items()}
+    returns = []
+    for k in range(steps + 1):
+        episodes = learner.sample(family, tasks, current, generator, batched=True)
+        returns.append(episodes.returns().mean(1))
+        if k < steps:
+            current = objectives.step_tasks(learner.spec, current, episodes)
+    return torch.stack(returns, 1)
+
+
+def oracle_returns(family, tasks: list, trajectories: int, horizon: int, dtype: torch.dtype) -> torch.Tensor:
+    """(tasks,) mean return of the family's ``oracle_action`` (a policy that knows the task)."""
+    def act(obs: torch.Tensor):
+        action = family.oracle_action(tasks, obs)
+        return action, (action, torch.zeros_like(action))
+
+    return family.rollout(act, tasks, trajectories, horizon, dtype).returns().mean(1)
+
+
+def summarise(per_task: torch.Tensor) -> list[dict]:
+    """Mean and 95% confidence half-width (normal approximation) over tasks, for each column."""
+    per_task = per_task.double().reshape(per_task.shape[0], -1)
+    n = per_task.shape[0]
+    std = per_task.std(0, unbiased=True) if n > 1 else torch.zeros(per_task.shape[1], dtype=torch.float64)
+    return [{"steps": k, "mean": float(per_task[:, k].mean()), "ci95": float(1.96 * std[k] / math.sqrt(n))}
+            for k in range(per_task.shape[1])]
+
+
+def evaluate(learners: dict[str, MetaRL], family, num_tasks: int, steps: int, seed: int) -> dict:
+    """Every learner on the same ``num_tasks`` fresh tasks (drawn from ``seed``), plus the oracle when the
+    family has one; ``{name: {"returns": [{"steps", "mean", "ci95"}, ...]}}``."""
+    if num_tasks < 1:
+        raise ValueError(f"tasks={num_tasks}; evaluate on at least 1 task (the protocol uses 40)")
+    if steps < 0:
+        raise ValueError(f"steps={steps}; evaluate with at least 0 inner steps")
+    tasks = sample_tasks(family, num_tasks, torch.Generator().manual_seed(seed))
+    results = {}
+    for name, learner in learners.items():
+        # the same sampling noise for every method: differences come from the parameters alone
+        generator = torch.Generator().manual_seed(seed + 1)
+        results[name] = {"returns": summarise(returns_by_step(learner, family, tasks, steps, generator))}
+    first = next(iter(learners.values()))
+    if hasattr(family, "oracle_action") and hasattr(family, "rollout"):
+        dtype = next(iter(first.params().values())).dtype
+        oracle = oracle_returns(family, tasks, first.trajectories, first.horizon, dtype)
+        results["oracle"] = {"returns": summarise(oracle.unsqueeze(1).expand(-1, steps + 1))}
+    return results
+
+
+def format_table(results: dict) -> str:
+    """Average return by inner steps, one row per method (mean ± 95% CI)."""
+    steps = len(next(iter(results.values()))["returns"])
+    header = f"{'method':<12}" + "".join(f"{f'{k} steps':>18}" for k in range(steps))
+    rows = [header]
+    for name, result in results.items():
+        rows.append(f"{name:<12}" + "".join(f"{r['mean']:>10.2f} ± {r['ci95']:<5.2f}" for r in result["returns"]))
+    return "\n".join(rows)
+

@@ -1,0 +1,145 @@
+"""Sampling trajectories of a meta-batch of tasks with given policy parameters.
+
+A task family is anything with ``sample_tasks(n, generator) -> list[task]`` and ``make_env(task) ->
+gymnasium.Env``; a user's own family works unchanged through the generic sampler below, which keeps one
+environment per task and evaluates the policy once per time step for the whole meta-batch. A family
+with a ``rollout`` method (the built-in :class:`~fastmaml.rl.envs.Navigation2DTasks`) steps its
+environments itself, as tensor operations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastmaml.core.params import Params
+from fastmaml.rl import policies
+from fastmaml.rl.episodes import Episodes
+
+
+def policy_output(policy: nn.Module, params: Params, obs: Tensor, batched: bool) -> policies.Output:
+    """The policy's output for ``obs`` (tasks, ...); ``batched``: ``params`` have a leading task dimension."""
+    if not batched:
+        return functional_call(policy, params, (obs,))
+    return torch.func.vmap(lambda p, o: functional_call(policy, p, (o,)))(params, obs)
+
+
+def sample_tasks(family, n: int, generator: torch.Generator) -> list:
+    tasks = list(family.sample_tasks(n, generator))
+    if len(tasks) < n:
+        raise ValueError(f"the task family {type(family).__name__} yielded {len(tasks)} tasks for {n} asked; "
+                         "make its sample_tasks(n, generator) return n tasks")
+    return tasks[:n]
+
+
+def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories: int, horizon: int,
+            generator: torch.Generator, batched: bool = False) -> Episodes:
+    """``trajectories`` episodes of at most ``horizon`` steps per task, actions sampled from the policy."""
+    if trajectories < 1 or horizon < 1:
+        raise ValueError(f"trajectories={trajectories}, horizon={horizon}; sample at least 1 trajectory of "
+                         "at least 1 step per task")
+    if not tasks:
+        raise ValueError("no tasks to sample; the task family must yield at least one task")
+    dtype = next(iter(params.values())).dtype
+
+    def act(obs: Tensor) -> tuple[Tensor, policies.Output]:
+        with torch.no_grad():
+            # detach: a view of a parameter (the expanded log_std) still requires grad under no_grad
+            output = policies.detach(policy_output(policy, params, obs, batched))
+        return policies.sample(output, generator), output
+
+    if hasattr(family, "rollout"):
+        episodes = family.rollout(act, tasks, trajectories, horizon, dtype)
+    else:
+        episodes = _gym_rollout(family, act, tasks, trajectories, horizon, generator, dtype)
+    if not bool(episodes.rewards.isfinite().all()):
+        raise ValueError(f"the environment of {type(family).__name__} returned a non-finite reward; make its "
+                         "step() return finite rewards")
+    return episodes
+
+
+def _gym_rollout(family, act, tasks: list, trajectories: int, horizon: int, generator: torch.Generator,
+                 dtype: torch.dtype) -> Episodes:
+    # One environment per task; its trajectories run one after another, every task in lockstep, so the
+    # policy is evaluated once per time step for the whole meta-batch.
+    envs = [family.make_env(task) for task in tasks]
+    seeds = torch.randint(0, 2**31 - 1, (trajectories, len(tasks)), generator=generator).tolist()
+    runs = [_gym_episode(envs, act, horizon, row, dtype) for row in seeds]
+    return Episodes.cat(runs, dim=1)
+
+
+def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.dtype) -> Episodes:
+    obs = np.stack([np.asarray(env.reset(seed=s)[0], dtype=np.float64).reshape(-1) for env, s in zip(envs, seeds)])
+    alive = np.ones(len(envs), dtype=bool)
+    steps = []
+    for _ in range(horizon):
+        obs_t = torch.as_tensor(obs, dtype=dtype).view(len(envs), 1, *envs[0].observation_space.shape)
+        actions, output = act(obs_t)
+        rewards, mask = np.zeros(len(envs)), alive.astype(np.float64)
+        chosen = actions.numpy()
+        for i, env in enumerate(envs):
+            if alive[i]:
+                new_obs, reward, terminated, truncated, _ = env.step(_env_action(env, chosen[i, 0]))
+                rewards[i] = reward
+                obs[i] = np.asarray(new_obs, dtype=np.float64).reshape(-1)
+                alive[i] = not (terminated or truncated)
+        steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(-1, 1),
+                      torch.as_tensor(mask, dtype=dtype).view(-1, 1), output))
+        if not alive.any():
+            break
+    # steps after every episode ended are padding: zero reward, zero mask
+    while len(steps) < horizon:
+        obs_t, actions, rewards_t, mask_t, output = steps[-1]
+        steps.append((obs_t, actions, torch.zeros_like(rewards_t), torch.zeros_like(mask_t), output))
+    return Episodes.from_steps(steps)
+
+
+def _env_action(env, action: np.ndarray):
+    from fastmaml.rl._gym import gymnasium
+
+    if isinstance(env.action_space, gymnasium().spaces.Discrete):
+        return int(action)
+    # Box: the env gets the raw sample clipped to its bounds (the policy's log-prob is of the raw sample)
+    return np.clip(action, env.action_space.low, env.action_space.high).astype(env.action_space.dtype)
+
+
+def check_fits(policy: nn.Module, env) -> None:
+    """Raise a one-line error when ``env``'s spaces do not fit ``policy``."""
+    spaces = _spaces()
+    obs_space, action_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, spaces.Box):
+        raise ValueError(f"the env's observation space is {type(obs_space).__name__}; fastmaml's policies read "
+                         "Box observations (flatten it, e.g. gymnasium.wrappers.FlattenObservation)")
+    param = next(policy.parameters())
+    probe = torch.zeros(1, *obs_space.shape, dtype=param.dtype, device=param.device)
+    try:
+        with torch.no_grad():
+            output = policy(probe)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(f"the env's observations have shape {obs_space.shape}, which the policy cannot read "
+                         f"({first}); build the policy for observations of size {math.prod(obs_space.shape)}") \
+            from None
+    if isinstance(action_space, spaces.Box):
+        if not policies.is_gaussian(output):
+            raise ValueError("the env has Box actions but the policy returns one tensor; return (mean, log_std) "
+                             "or use fastmaml.rl.GaussianPolicy")
+        if tuple(output[0].shape[1:]) != tuple(action_space.shape):
+            raise ValueError(f"the policy gives actions of shape {tuple(output[0].shape[1:])} but the env wants "
+                             f"{action_space.shape}; build the policy with action_dim={action_space.shape[-1]}")
+    elif isinstance(action_space, spaces.Discrete):
+        if policies.is_gaussian(output) or output.shape[-1] != action_space.n:
+            raise ValueError(f"the env has {action_space.n} discrete actions; give the policy {action_space.n} "
+                             "logits (fastmaml.rl.CategoricalPolicy)")
+    else:
+        raise ValueError(f"the env's action space is {type(action_space).__name__}; use a Box or Discrete one")
+
+
+def _spaces():
+    from fastmaml.rl._gym import gymnasium
+
+    return gymnasium().spaces

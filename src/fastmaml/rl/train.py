@@ -1,0 +1,251 @@
+"""A meta-RL run folder: config, metrics, checkpoints with exact resume, baselines and evaluation."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmaml.rl import config as rlcfg
+from fastmaml.rl.evaluate import evaluate
+from fastmaml.rl.learner import MetaRL
+from fastmaml.rl.policies import GaussianPolicy
+from fastmaml.rl.sampler import sample_tasks
+from fastmaml.rl.trpo import TRPOConfig, trpo_step
+from fastmaml.train import config as cfg
+from fastmaml.train.checkpoint import load_checkpoint, random_state, restore_random_state, save_atomic, \
+    write_text_atomic
+from fastmaml.train.loop import Interrupted, Progress, StopRequest
+from fastmaml.train.run import check_run_dir, prepare_run_dir
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CONFIG, METRICS, LAST, BASELINES, EVAL = "config.yaml", "metrics.jsonl", "checkpoint.pt", "baselines.pt", "eval.json"
+TEST_STREAM = 1_000_003  # meta-test tasks come from seed + this: a stream no training run draws from
+
+
+def build_family(config: rlcfg.RLConfig):
+    """The task family named by ``config.env``."""
+    if config.env == "navigation2d":
+        from fastmaml.rl.envs import Navigation2DTasks
+
+        return Navigation2DTasks(horizon=config.horizon, **config.env_options)
+    module, _, name = config.env.partition(":")
+    if not name:
+        raise ValueError(f"env={config.env!r}; use navigation2d or package.module:Factory for your own family")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"env={config.env!r} cannot be imported ({error}); check the module path") from None
+    family = factory(**config.env_options)
+    if not (hasattr(family, "sample_tasks") and hasattr(family, "make_env")):
+        raise TypeError(f"env={config.env!r} built a {type(family).__name__}; a task family needs "
+                        "sample_tasks(n, generator) and make_env(task)")
+    return family
+
+
+def build_learner(config: rlcfg.RLConfig, family, seed: int) -> MetaRL:
+    """The policy (initialised from ``seed``) for the family's spaces, inside its learner."""
+    from fastmaml.rl._gym import gymnasium
+
+    env = family.make_env(sample_tasks(family, 1, torch.Generator().manual_seed(seed))[0])
+    obs_dim = int(np.prod(env.observation_space.shape))
+    torch.manual_seed(seed)
+    if isinstance(env.action_space, gymnasium().spaces.Discrete):
+        from fastmaml.rl.policies import CategoricalPolicy
+
+        policy = CategoricalPolicy(obs_dim, int(env.action_space.n), config.policy.hidden, config.policy.activation)
+    else:
+        policy = GaussianPolicy(obs_dim, int(np.prod(env.action_space.shape)), config.policy.hidden,
+                                config.policy.activation, config.policy.init_std)
+    learner = MetaRL(policy, config.inner_lr, config.inner_steps, config.first_order, config.gamma,
+                     config.gae_lambda, config.trajectories, config.horizon, config.normalize_advantages,
+                     config.execution).to(DTYPES[config.dtype])
+    from fastmaml.rl.sampler import check_fits
+
+    check_fits(policy, env)
+    return learner
+
+
+def trpo_config(config: rlcfg.RLConfig) -> TRPOConfig:
+    return TRPOConfig(config.max_kl, config.cg_iters, config.cg_damping, config.ls_ratio, config.ls_steps)
+
+
+def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.Generator,
+              optimizer: torch.optim.Optimizer | None, iteration: int, kept: str) -> dict:
+    """One meta-iteration: sample tasks, adapt on each, update the initialisation (TRPO or Adam)."""
+    start = time.perf_counter()
+    tasks = sample_tasks(family, config.meta_batch_size, generator)
+    train, valid = learner.sample_meta_batch(family, tasks, generator)
+    if optimizer is None:
+        new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.params(), trpo_config(config))
+        _check_finite(record["loss"], new.values(), iteration, kept)
+        with torch.no_grad():
+            for name, p in learner.params().items():
+                p.copy_(new[name])
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        loss, kl = learner.surrogate(learner.params(), train, valid)
+        loss.backward()
+        _check_finite(loss.item(), [p.grad for p in learner.params().values() if p.grad is not None], iteration,
+                      kept)
+        optimizer.step()
+        record = {"loss": loss.item(), "kl": kl.item()}
+    before = train[0].returns().mean().item() if train else valid.returns().mean().item()
+    return {"iteration": iteration, "return_before": before, "return_after": valid.returns().mean().item(),
+            **record, "seconds": time.perf_counter() - start}
+
+
+def _check_finite(loss: float, tensors, iteration: int, kept: str) -> None:
+    if math.isfinite(loss) and all(bool(t.isfinite().all()) for t in tensors):
+        return
+    raise FloatingPointError(f"the meta-RL update became non-finite (loss {loss}) at iteration {iteration}: lower "
+                             f"inner_lr or max_kl/outer_lr, or check the env's rewards{kept}")
+
+
+def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
+          progress: bool = True, evaluate_at_end: bool = True) -> dict | None:
+    """Meta-train per ``config`` into ``run_dir`` (or continue the run there); returns the evaluation.
+
+    Nothing is written before the config, family, policy and any checkpoint are built and checked, so a
+    bad input never costs a run folder or a checkpoint. SIGINT/SIGTERM save a checkpoint and raise
+    :class:`~fastmaml.train.loop.Interrupted`.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, overwrite, resume)
+    checkpoint = None
+    if resume:
+        config = rlcfg.load(run_dir / CONFIG)
+        checkpoint = load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
+    elif config is None:
+        raise ValueError("train() needs a config unless resume=True")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    family = build_family(config)
+    learner = build_learner(config, family, config.seed)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr) if config.outer == "adam" else None
+    generator = torch.Generator().manual_seed(config.seed)
+    iteration, history = 0, []
+    if checkpoint is not None:
+        iteration, history = _restore(checkpoint, learner, optimizer, generator, run_dir / LAST)
+    if resume:
+        write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / METRICS)
+        for leftover in run_dir.glob(".*.tmp"):
+            leftover.unlink()
+    else:
+        import yaml
+
+        prepare_run_dir(run_dir, overwrite, resume=False)
+        write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
+
+    def save() -> None:
+        save_atomic({"policy": learner.policy.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
+                     "iteration": iteration, "history": history, "random": random_state({"train": generator})},
+                    run_dir / LAST)
+
+    stop = StopRequest()
+    bar = Progress(config.iterations, iteration, progress)
+    deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else float("inf")
+    saved_at = iteration if checkpoint is not None else None
+    try:
+        with stop.installed():
+            while iteration < config.iterations and time.perf_counter() < deadline:
+                kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
+                record = meta_step(learner, family, config, generator, optimizer, iteration + 1, kept)
+                iteration += 1
+                history.append(record)
+                with (run_dir / METRICS).open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if iteration % config.log_every == 0 or iteration == config.iterations:
+                    recent = history[-config.log_every:]
+                    bar.update(len(recent), before=np.mean([r["return_before"] for r in recent]),
+                               after=np.mean([r["return_after"] for r in recent]))
+                due = config.checkpoint_every and iteration % config.checkpoint_every == 0
+                if due or stop.signum:
+                    save()
+                    saved_at = iteration
+                if stop.signum:
+                    raise Interrupted(iteration, stop.signum or signal.SIGTERM, run_dir)
+    finally:
+        bar.close()
+    save()
+    if config.baseline_iterations and not (run_dir / BASELINES).is_file():
+        train_baselines(config, run_dir, family)
+    return evaluate_run(run_dir) if evaluate_at_end else None
+
+
+def _restore(checkpoint: dict, learner: MetaRL, optimizer, generator: torch.Generator, where: Path):
+    try:
+        learner.policy.load_state_dict(checkpoint["policy"])
+        if optimizer is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_random_state(checkpoint["random"], {"train": generator})
+        return checkpoint["iteration"], list(checkpoint["history"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
+                         "wrote or start again with --overwrite") from None
+
+
+def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family) -> None:
+    """The paper's baselines: a policy trained by TRPO on the task mixture (no adaptation in training)
+    and a random initialisation; both are fine-tuned at test time by the same inner steps."""
+    pretrained = build_learner(config, family, config.seed + 1)
+    mixture = MetaRL(pretrained.policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
+                     config.trajectories, config.horizon, config.normalize_advantages, config.execution)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    for i in range(config.baseline_iterations):
+        meta_step(mixture, family, config, generator, None, i + 1, "")
+    random_init = build_learner(config, family, config.seed + 1)
+    save_atomic({"pretrained": pretrained.policy.state_dict(), "random": random_init.policy.state_dict()},
+                run_dir / BASELINES)
+
+
+def load(run_dir: str | Path, which: str = "last") -> MetaRL:
+    """The meta-trained learner of a meta-RL run folder, ready to ``adapt`` and ``act``."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, overwrite=False, resume=True)
+    config = rlcfg.load(run_dir / CONFIG)
+    family = build_family(config)
+    learner = build_learner(config, family, config.seed)
+    checkpoint = load_checkpoint(run_dir / LAST)
+    if "policy" not in checkpoint:
+        raise ValueError(f"{run_dir / LAST} holds no policy; it was not written by `fastmaml train` for meta-RL")
+    learner.policy.load_state_dict(checkpoint["policy"])
+    return learner
+
+
+def baselines(run_dir: Path, config: rlcfg.RLConfig, family) -> dict[str, MetaRL]:
+    saved = load_checkpoint(run_dir / BASELINES)
+    out = {}
+    for name in ("pretrained", "random"):
+        learner = build_learner(config, family, config.seed + 1)
+        learner.policy.load_state_dict(saved[name])
+        out[name] = learner
+    return out
+
+
+def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None) -> dict:
+    """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json``."""
+    run_dir = Path(run_dir)
+    learner = load(run_dir)
+    config = rlcfg.load(run_dir / CONFIG)
+    family = build_family(config)
+    methods = {"maml": learner}
+    if (run_dir / BASELINES).is_file():
+        methods.update(baselines(run_dir, config, family))
+    steps = config.eval_inner_steps if inner_steps is None else inner_steps
+    tasks = config.eval_tasks if num_tasks is None else num_tasks
+    results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM)
+    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL)
+    return results

@@ -1,0 +1,149 @@
+"""Meta-RL gradients in float64 against independent computations: a plain ``autograd.grad(create_graph=True)``
+loop with torch.distributions, central finite differences, an explicit Hessian of the KL."""
+
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+
+from fastmaml.rl import GaussianPolicy, MetaRL  # noqa: E402
+from fastmaml.rl.envs import Navigation2DTasks  # noqa: E402
+from fastmaml.rl.trpo import TRPOConfig, conjugate_gradient, fisher_vector_product, flat, trpo_step  # noqa: E402
+
+LR = 0.5
+
+
+def _meta_batch(execution="vmap", first_order=False, inner_steps=1, hidden=(6,)):
+    torch.manual_seed(0)
+    policy = GaussianPolicy(2, 2, hidden, activation="tanh", init_std=0.5).double()
+    learner = MetaRL(policy, inner_lr=LR, inner_steps=inner_steps, first_order=first_order, trajectories=3,
+                     horizon=5, execution=execution)
+    family = Navigation2DTasks()
+    generator = torch.Generator().manual_seed(1)
+    tasks = family.sample_tasks(3, generator)
+    train, valid = learner.sample_meta_batch(family, tasks, generator)
+    return learner, train, valid
+
+
+def _reference_surrogate(policy, params, train, valid, first_order=False):
+    """The surrogate by hand: per-task loop, torch.distributions, autograd.grad(create_graph=True)."""
+    names = list(params)
+
+    def dist(p, obs):
+        hidden = torch.tanh(obs @ p["mean.0.weight"].T + p["mean.0.bias"])
+        mean = hidden @ p["mean.2.weight"].T + p["mean.2.bias"]
+        return torch.distributions.Normal(mean, p["log_std"].exp())
+
+    losses, kls = [], []
+    for i in range(valid.observations.shape[0]):
+        fast = dict(params)
+        for episodes in train:
+            obs, actions, adv, mask = (episodes.observations[i], episodes.actions[i], episodes.advantages[i],
+                                       episodes.mask[i])
+            inner = -(dist(fast, obs).log_prob(actions).sum(-1) * adv * mask).sum() / mask.sum()
+            grads = torch.autograd.grad(inner, [fast[n] for n in names], create_graph=not first_order)
+            fast = {n: fast[n] - LR * g for n, g in zip(names, grads)}
+        obs, actions, adv, mask = valid.observations[i], valid.actions[i], valid.advantages[i], valid.mask[i]
+        new = dist(fast, obs)
+        old = torch.distributions.Normal(valid.outputs[0][i], valid.outputs[1][i].exp())
+        ratio = torch.exp(new.log_prob(actions).sum(-1) - old.log_prob(actions).sum(-1))
+        losses.append(-(ratio * adv * mask).sum() / mask.sum())
+        kls.append((torch.distributions.kl_divergence(old, new).sum(-1) * mask).sum() / mask.sum())
+    return torch.stack(losses).mean(), torch.stack(kls).mean()
+
+
+def _leaves(learner):
+    return {n: p.detach().clone().requires_grad_(True) for n, p in learner.params().items()}
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_plain_autograd(execution, first_order):
+    learner, train, valid = _meta_batch(execution, first_order)
+    params = _leaves(learner)
+    loss, kl = learner.surrogate(params, train, valid)
+    got = torch.autograd.grad(loss, list(params.values()))
+    ref_loss, ref_kl = _reference_surrogate(learner.policy, params, train, valid, first_order)
+    want = torch.autograd.grad(ref_loss, list(params.values()))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kl, ref_kl, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+    assert flat(got).abs().max() > 1e-4  # a real gradient, not zeros on both sides
+
+
+def test_second_order_differs_from_first_order():
+    learner, train, valid = _meta_batch()
+    params = _leaves(learner)
+    exact = torch.autograd.grad(learner.surrogate(params, train, valid)[0], list(params.values()))
+    learner.spec = type(learner.spec)(learner.policy, LR, True)
+    first = torch.autograd.grad(learner.surrogate(params, train, valid)[0], list(params.values()))
+    assert (flat(exact) - flat(first)).abs().max() > 1e-3 * flat(exact).abs().max()
+
+
+@pytest.mark.parametrize("inner_steps", [1, 2])
+def test_meta_gradient_matches_finite_differences(inner_steps):
+    learner, train, valid = _meta_batch(inner_steps=inner_steps)
+    params = _leaves(learner)
+    loss, _ = learner.surrogate(params, train, valid)
+    grad = flat(torch.autograd.grad(loss, list(params.values())))
+    direction = torch.randn(grad.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    eps = 1e-6
+
+    def at(sign):
+        shifted, start = {}, 0
+        for n, p in params.items():
+            shifted[n] = p.detach() + sign * eps * direction[start:start + p.numel()].view_as(p)
+            start += p.numel()
+        return learner.surrogate(shifted, train, valid)[0].item()
+
+    numeric = (at(1) - at(-1)) / (2 * eps)
+    assert abs(numeric - float(grad @ direction)) < 1e-6 * max(1.0, abs(numeric))
+    assert abs(numeric) > 1e-4
+
+
+def test_fisher_vector_product_matches_explicit_hessian_through_adaptation():
+    learner, train, valid = _meta_batch(hidden=(3,))
+    params = _leaves(learner)
+    shapes = {n: p.shape for n, p in params.items()}
+
+    def kl_of(vector):
+        unpacked, start = {}, 0
+        for n, shape in shapes.items():
+            size = torch.Size(shape).numel()
+            unpacked[n] = vector[start:start + size].view(shape)
+            start += size
+        return _reference_surrogate(learner.policy, unpacked, train, valid)[1]
+
+    theta = flat(params.values()).detach()
+    hessian = torch.autograd.functional.hessian(kl_of, theta)
+    _, kl = learner.surrogate(params, train, valid)
+    fvp = fisher_vector_product(kl, params, damping=1e-3)
+    v = torch.randn(theta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(fvp(v), hessian @ v + 1e-3 * v, rtol=1e-8, atol=1e-10)
+    assert torch.linalg.eigvalsh(hessian).min() > -1e-10  # a Fisher: positive semi-definite at the old policy
+
+
+def test_conjugate_gradient_solves_a_positive_definite_system():
+    a = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iters=6), torch.linalg.solve(a, b))
+
+
+def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
+    learner, train, valid = _meta_batch(hidden=(8,))
+    config = TRPOConfig(max_kl=1e-3)
+
+    def objective(p):
+        return learner.surrogate(p, train, valid)
+
+    new, record = trpo_step(objective, learner.params(), config)
+    assert record["ls_step"] < config.ls_steps
+    with torch.no_grad():
+        loss, kl = objective(new)
+        before, kl_before = objective(learner.params())
+    assert kl_before.item() == pytest.approx(0.0, abs=1e-12)
+    assert 0 < kl.item() < config.max_kl
+    assert loss.item() < before.item()
+    assert record["kl"] == pytest.approx(kl.item())

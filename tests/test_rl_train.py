@@ -1,0 +1,219 @@
+"""Meta-RL end to end at toy sizes: the CLI (train, eval, plot, resume), ``fm.load(...).adapt/act``, a
+user's own task family through the generic gymnasium sampler, and bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+gymnasium = pytest.importorskip("gymnasium")
+
+import fastmaml as fm  # noqa: E402
+from fastmaml.cli import main  # noqa: E402
+from fastmaml.rl import CategoricalPolicy, GaussianPolicy, MetaRL  # noqa: E402
+from fastmaml.rl import config as rlcfg  # noqa: E402
+from fastmaml.rl import train as rltrain  # noqa: E402
+from fastmaml.rl.envs import Navigation2D, Navigation2DTasks  # noqa: E402
+from fastmaml.rl.trpo import TRPOConfig, trpo_step  # noqa: E402
+
+TINY = ["iterations=2", "meta_batch_size=3", "trajectories=4", "horizon=10", "policy.hidden=[8]",
+        "baseline_iterations=1", "eval_tasks=3", "eval_inner_steps=1", "checkpoint_every=1", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl") / "runs" / "nav2d"
+    assert main(["train", "nav2d", *TINY, "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_the_recipe_is_the_papers_protocol():
+    config = rlcfg.resolve("nav2d")
+    assert (config.meta_batch_size, config.trajectories, config.horizon, config.inner_lr, config.max_kl,
+            config.cg_iters, config.cg_damping, config.ls_ratio, config.ls_steps, config.gamma,
+            config.iterations, config.policy.hidden, config.policy.activation) == \
+        (20, 20, 100, 0.1, 0.01, 10, 1e-5, 0.8, 15, 0.99, 500, (100, 100), "relu")
+
+
+def test_train_writes_a_run_and_evaluates_it(run):
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "checkpoint.pt", "metrics.jsonl", "baselines.pt",
+                                               "eval.json"}
+    results = json.loads((run / "eval.json").read_text())
+    assert set(results) == {"maml", "pretrained", "random", "oracle"}
+    for result in results.values():
+        assert [r["steps"] for r in result["returns"]] == [0, 1]
+        assert all(math.isfinite(r["mean"]) and r["ci95"] >= 0 for r in result["returns"])
+    # the oracle walks straight to the goal: better than any of the untrained policies
+    assert results["oracle"]["returns"][0]["mean"] > results["random"]["returns"][0]["mean"]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in history] == [1, 2]
+
+
+def test_eval_and_plot_commands(run, capsys):
+    assert main(["eval", str(run), "--tasks", "2", "--steps", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results["maml"]["returns"]) == 3
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plot.png").stat().st_size > 20_000
+
+
+def test_load_adapt_act_contract(run):
+    learner = fm.load(run)
+    assert isinstance(learner, MetaRL)
+    env = Navigation2D(goal=(0.3, -0.2))
+    initial = learner.adapt(env, inner_steps=0, generator=torch.Generator().manual_seed(0))
+    for name, p in learner.params().items():
+        assert torch.equal(initial[name], p.detach())
+    params = learner.adapt(env, inner_steps=1, generator=torch.Generator().manual_seed(0))
+    again = learner.adapt(env, inner_steps=1, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(params[n], again[n]) for n in params)  # seeded: reproducible
+    assert any(not torch.equal(params[n], initial[n]) for n in params)
+    obs, _ = env.reset()
+    action = learner.act(params, obs)
+    assert isinstance(action, np.ndarray) and action.shape == (2,)
+    mean, _ = torch.func.functional_call(learner.policy, params, (torch.as_tensor(obs).unsqueeze(0),))
+    np.testing.assert_allclose(action, mean[0].numpy())
+    assert torch.is_tensor(learner.act(params, torch.as_tensor(obs)))
+
+
+def test_resume_continues_exactly(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    overrides = [o for o in TINY if not o.startswith(("iterations", "baseline"))] + ["baseline_iterations=0"]
+    assert main(["train", "nav2d", *overrides, "iterations=4", "--out", str(full), "--no-progress"]) == 0
+    assert main(["train", "nav2d", *overrides, "iterations=2", "--out", str(part), "--no-progress"]) == 0
+    config = yaml.safe_load((part / "config.yaml").read_text())
+    config["iterations"] = 4  # the interrupted run's own config, continued further
+    (part / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--resume", str(part), "--no-progress"]) == 0
+    a, b = torch.load(full / "checkpoint.pt"), torch.load(part / "checkpoint.pt")
+    for name in a["policy"]:
+        assert torch.equal(a["policy"][name], b["policy"][name]), name
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["history"]]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
+
+
+@pytest.mark.parametrize("override", ["outer=adam", "first_order=true", "execution=loop"])
+def test_variants_run(tmp_path, override):
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith(("iterations", "baseline"))]
+    assert main(["train", "nav2d", *overrides, "iterations=1", "baseline_iterations=0", override,
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "pretrained" not in json.loads((out / "eval.json").read_text())
+
+
+class Corridor(gymnasium.Env):
+    """A user's own env: a walk on a line with two discrete actions, the goal a task parameter."""
+
+    def __init__(self, goal, reward_scale=1.0):
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.goal, self.scale = goal, reward_scale
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x, self.t = 0.0, 0
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        self.x += 0.1 if action == 1 else -0.1
+        self.t += 1
+        return np.array([self.x], np.float32), -abs(self.x - self.goal) * self.scale, False, self.t >= 6, {}
+
+
+class CorridorTasks:
+    def __init__(self, count=None, reward_scale=1.0):
+        self.count, self.scale = count, reward_scale
+
+    def sample_tasks(self, n, generator):
+        goals = (torch.rand(n if self.count is None else self.count, generator=generator) - 0.5).tolist()
+        return [{"goal": g} for g in goals]
+
+    def make_env(self, task):
+        return Corridor(task["goal"], self.scale)
+
+
+def test_a_users_own_family_trains_through_the_generic_sampler():
+    learner = MetaRL(CategoricalPolicy(1, 2, hidden=(8,)).double(), trajectories=3, horizon=6)
+    family = CorridorTasks()
+    generator = torch.Generator().manual_seed(0)
+    train, valid = learner.sample_meta_batch(family, family.sample_tasks(2, generator), generator)
+    assert valid.observations.shape == (2, 3, 6, 1) and valid.actions.dtype == torch.int64
+    new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.params(), TRPOConfig())
+    assert record["ls_step"] < 15 and all(not torch.equal(new[n], p) for n, p in learner.params().items())
+    params = learner.adapt(Corridor(0.3), inner_steps=1)
+    assert learner.act(params, np.zeros(1, np.float32)) in (0, 1)
+
+
+def test_a_box_family_without_rollout_matches_the_navigation_numbers():
+    class Plain:  # Navigation2D through the generic gymnasium sampler only
+        def sample_tasks(self, n, generator):
+            return Navigation2DTasks().sample_tasks(n, generator)
+
+        def make_env(self, task):
+            return Navigation2D(goal=task["goal"], horizon=5)
+
+    learner = MetaRL(GaussianPolicy(2, 2, (8,)), trajectories=2, horizon=5)
+    generator = torch.Generator().manual_seed(0)
+    tasks = Plain().sample_tasks(2, generator)
+    episodes = learner.sample(Plain(), tasks, learner.params(), generator, batched=False)
+    for i, task in enumerate(tasks):  # every recorded reward is -distance after the clipped move
+        position = episodes.observations[i, :, :, :] + episodes.actions[i].clamp(-0.1, 0.1)
+        expected = -(position - torch.tensor(task["goal"])).norm(dim=-1)
+        torch.testing.assert_close(episodes.rewards[i], expected, atol=1e-5, rtol=0)
+
+
+def test_spaces_that_do_not_fit_the_policy_are_refused():
+    learner = MetaRL(GaussianPolicy(2, 2, (8,)))
+    with pytest.raises(ValueError, match="observations of size 1"):
+        learner.adapt(Corridor(0.1))
+    wrong_actions = Navigation2D(goal=(0.1, 0.1))
+    wrong_actions.action_space = gymnasium.spaces.Discrete(3)
+    with pytest.raises(ValueError, match="3 discrete actions"):
+        learner.adapt(wrong_actions)
+    with pytest.raises(ValueError, match="action_dim=2"):
+        MetaRL(GaussianPolicy(2, 3, (8,))).adapt(Navigation2D(goal=(0.1, 0.1)))
+
+
+def test_non_finite_rewards_and_empty_families_are_refused():
+    learner = MetaRL(CategoricalPolicy(1, 2, hidden=(8,)), trajectories=2, horizon=6)
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="non-finite reward"):
+        learner.sample_meta_batch(CorridorTasks(reward_scale=float("nan")), [{"goal": 0.1}], generator)
+    with pytest.raises(ValueError, match="yielded 0 tasks"):
+        rltrain.sample_tasks(CorridorTasks(count=0), 2, generator)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("horizon=0", "horizon=0"), ("trajectories=0", "trajectories=0"), ("outer=sgd", "outer='sgd'"),
+    ("max_kl=0", "max_kl=0"), ("env=nowhere:Family", "cannot be imported"), ("polcy.hidden=[3]", "did you mean"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert main(["train", "nav2d", override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_failing_run_keeps_its_last_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("iterations")]
+    calls = {"n": 0}
+    original = rltrain.meta_step
+
+    def failing(learner, family, config, generator, optimizer, iteration, kept):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            learner.policy.log_std.data.fill_(float("nan"))  # what a diverged update would leave
+            rltrain._check_finite(float("nan"), [], iteration, kept)
+        return original(learner, family, config, generator, optimizer, iteration, kept)
+
+    monkeypatch.setattr(rltrain, "meta_step", failing)
+    assert main(["train", "nav2d", *overrides, "iterations=5", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "iteration 2) is intact" in err
+    saved = torch.load(out / "checkpoint.pt")
+    assert saved["iteration"] == 2 and bool(saved["policy"]["log_std"].isfinite().all())
