@@ -75,7 +75,7 @@ class _ExactOps(TorchFunctionMode):
         self.stack = stack  # closed when :func:`exact_ops` exits
         self.math_attention = False
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         route = ROUTES.get(func)
         if route is not None:
             func = route[0] if _vmap_depth() else route[1]

@@ -37,9 +37,9 @@ def pretrain(model: nn.Module, tasks, generator: torch.Generator, iterations: in
 def tune_step_size(model: nn.Module, tasks, generator: torch.Generator, steps: int, num_tasks: int = 100) -> float:
     """The step size from :data:`STEP_SIZES` with the lowest mean query loss after ``steps`` steps."""
     batch = tasks.sample_tasks(num_tasks, generator)
-    scores = {}
+    scores: dict[float, float] = {}
     for lr in STEP_SIZES:
         with torch.no_grad():
             losses, _ = MAML(model, inner_lr=lr, inner_steps=steps).task_losses(batch)
         scores[lr] = losses.mean().item()
-    return min(scores, key=scores.get)
+    return min(scores, key=lambda lr: scores[lr])
