@@ -92,9 +92,11 @@ class Navigation2DTasks:
         return (_goals(tasks, obs) - obs).clamp(-MAX_ACTION, MAX_ACTION)
 
     def rollout(self, act: Callable[[Tensor], tuple[Tensor, object]], tasks: list[dict], trajectories: int,
-                horizon: int, dtype: torch.dtype = torch.float32) -> Episodes:
+                horizon: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None
+                ) -> Episodes:
         """Every task's ``trajectories`` episodes stepped together: ``act(obs (tasks, N, 2))`` returns the
-        actions and the policy output behind them (kept for the importance ratio of TRPO)."""
+        actions and the policy output behind them (kept for the importance ratio of TRPO). Every episode
+        starts at the origin, so ``generator`` (the sampler's) is not needed here."""
         goals = _goals(tasks, torch.zeros((), dtype=dtype))  # (tasks, 1, 2)
         position = torch.zeros(len(tasks), trajectories, 2, dtype=dtype)
         alive = torch.ones(len(tasks), trajectories, dtype=torch.bool)

@@ -3,8 +3,9 @@
 A task family is anything with ``sample_tasks(n, generator) -> list[task]`` and ``make_env(task) ->
 gymnasium.Env``; a user's own family works unchanged through the generic sampler below, which keeps one
 environment per task and evaluates the policy once per time step for the whole meta-batch. A family
-with a ``rollout`` method (the built-in :class:`~fastmaml.rl.envs.Navigation2DTasks`) steps its
-environments itself, as tensor operations.
+with a ``rollout(act, tasks, trajectories, horizon, dtype, generator)`` method (the built-in
+:class:`~fastmaml.rl.envs.Navigation2DTasks`, :mod:`fastmaml.rl.locomotion`) steps its environments
+itself, batched.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories
         return policies.sample(output, generator), output
 
     if hasattr(family, "rollout"):
-        episodes = family.rollout(act, tasks, trajectories, horizon, dtype)
+        episodes = family.rollout(act, tasks, trajectories, horizon, dtype, generator=generator)
     else:
         episodes = _gym_rollout(family, act, tasks, trajectories, horizon, generator, dtype)
     if not bool(episodes.rewards.isfinite().all()):

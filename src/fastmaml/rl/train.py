@@ -29,6 +29,7 @@ from fastmaml.train.run import check_run_dir, prepare_run_dir
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONFIG, METRICS, LAST, BASELINES, EVAL = "config.yaml", "metrics.jsonl", "checkpoint.pt", "baselines.pt", "eval.json"
+LOCOMOTION = {"half-cheetah-vel": "HalfCheetahVel", "half-cheetah-dir": "HalfCheetahDir"}  # fastmaml.rl.locomotion
 TEST_STREAM = 1_000_003  # meta-test tasks come from seed + this: a stream no training run draws from
 
 
@@ -38,9 +39,14 @@ def build_family(config: rlcfg.RLConfig):
         from fastmaml.rl.envs import Navigation2DTasks
 
         return Navigation2DTasks(horizon=config.horizon, **config.env_options)
+    if config.env in LOCOMOTION:
+        from fastmaml.rl import locomotion
+
+        return getattr(locomotion, LOCOMOTION[config.env])(horizon=config.horizon, **config.env_options)
     module, _, name = config.env.partition(":")
     if not name:
-        raise ValueError(f"env={config.env!r}; use navigation2d or package.module:Factory for your own family")
+        raise ValueError(f"env={config.env!r}; use navigation2d, {', '.join(LOCOMOTION)} or "
+                         "package.module:Factory for your own family")
     try:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:

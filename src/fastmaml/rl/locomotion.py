@@ -1,0 +1,196 @@
+"""MuJoCo locomotion task families of the MAML paper (arXiv:1703.03400, section 5.3): HalfCheetah with a
+goal velocity, and HalfCheetah running forward or backward.
+
+The physics is gymnasium's ``HalfCheetah-v5`` (its model file, the maintained ``mujoco`` bindings; no
+mujoco-py, no old gym): 17-dimensional observations (joint positions without the x position, joint
+velocities), 6 actions in [-1, 1], 5 physics steps of 0.01 s per step, the start pose perturbed by
+U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination. The rewards are those of the
+original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
+
+- :class:`HalfCheetahVel`: goal velocity v ~ U[0, 2]; reward = -|forward velocity - v| - 0.05 ||a||^2.
+- :class:`HalfCheetahDir`: direction d in {-1, +1}; reward = d * forward velocity - 0.05 ||a||^2.
+
+A task runs two ways. ``make_env(task)`` is a ``gymnasium.Env`` (HalfCheetah-v5 with the task's reward),
+for a user's own code and the generic sampler. ``rollout(...)``, which the sampler prefers, steps every
+trajectory of every task of a meta-batch in lockstep: one ``mujoco.rollout`` call per time step for all
+of them, on MuJoCo's own thread pool (every core, no Python per environment and no worker processes, so
+there is nothing to hang or die), and one policy evaluation per time step for the whole meta-batch.
+
+Both run the same model and integrator; they differ only in the constraint solver's warm start (a
+batched rollout starts each step's solve cold), which agrees to the last bit for the first steps and
+then, as any chaotic system does, drifts trajectory by trajectory (tests/test_rl_locomotion.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastmaml.rl._gym import gymnasium
+from fastmaml.rl.episodes import Episodes
+
+FRAME_SKIP = 5  # physics steps per environment step (HalfCheetah-v5)
+CTRL_COST = 0.05  # maml_rl's control-cost weight, both tasks
+RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
+
+
+def _mujoco():
+    try:
+        import mujoco
+        from mujoco import rollout
+    except ImportError:
+        raise ImportError("the MuJoCo task families need the mujoco bindings: pip install 'fastmaml[rl]'") from None
+    return mujoco, rollout
+
+
+@functools.lru_cache(maxsize=1)
+def cheetah_model():
+    """gymnasium's HalfCheetah model (``half_cheetah.xml``), compiled once."""
+    mujoco, _ = _mujoco()
+    path = os.path.join(os.path.dirname(gymnasium().__file__), "envs", "mujoco", "assets", "half_cheetah.xml")
+    return mujoco.MjModel.from_xml_path(path)
+
+
+def _make_reward_wrapper():
+    gym = gymnasium()
+
+    class TaskReward(gym.Wrapper):  # type: ignore[name-defined]  # gymnasium is imported lazily
+        """HalfCheetah-v5 whose reward is ``reward(x_velocity, action)`` of one task."""
+
+        def __init__(self, env, reward: Callable[[float, np.ndarray], float]) -> None:
+            super().__init__(env)
+            self._reward = reward
+
+        def step(self, action):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            reward = self._reward(float(info["x_velocity"]), np.asarray(action, dtype=np.float64))
+            return obs, reward, terminated, truncated, info
+
+    return TaskReward
+
+
+class _HalfCheetahTasks:
+    """What both families share: the environments, the batched rollout, the reward by task."""
+
+    def __init__(self, horizon: int = 100, threads: int = 0) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
+        if threads < 0:
+            raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
+        self.horizon = horizon
+        self.threads = threads or os.cpu_count() or 1
+        self._datas: list = []
+
+    # -- the task: subclasses say what it is and how it is rewarded -----------------------------------
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
+        raise NotImplementedError
+
+    def task_reward(self, tasks: list[dict], velocity: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Rewards (envs,) for forward ``velocity`` (envs,) and ``actions`` (envs, 6); ``tasks`` per env."""
+        raise NotImplementedError
+
+    # -- one task as a gymnasium environment ----------------------------------------------------------
+
+    def make_env(self, task: dict):
+        gym = gymnasium()
+        _mujoco()
+        env = gym.make("HalfCheetah-v5", max_episode_steps=self.horizon)
+        family = self
+
+        def reward(velocity: float, action: np.ndarray) -> float:
+            return float(family.task_reward([task], np.array([velocity]), action.reshape(1, -1))[0])
+
+        return _make_reward_wrapper()(env, reward)
+
+    # -- every task's trajectories at once -------------------------------------------------------------
+
+    def rollout(self, act: Callable[[Tensor], tuple[Tensor, object]], tasks: list[dict], trajectories: int,
+                horizon: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None
+                ) -> Episodes:
+        """``trajectories`` episodes of ``horizon`` steps for every task, all stepped together:
+        ``act(obs (tasks, N, 17))`` returns the actions and the policy output behind them."""
+        mujoco, rollout = _mujoco()
+        model = cheetah_model()
+        while len(self._datas) < self.threads:
+            self._datas.append(mujoco.MjData(model))
+        envs = len(tasks) * trajectories
+        per_env = [task for task in tasks for _ in range(trajectories)]
+        state = self._start(model, envs, generator)
+        dt = model.opt.timestep * FRAME_SKIP
+        steps = []
+        for t in range(horizon):
+            obs = torch.as_tensor(_observation(state), dtype=dtype).view(len(tasks), trajectories, -1)
+            actions, output = act(obs)
+            applied = np.clip(actions.detach().double().numpy().reshape(envs, -1), -1.0, 1.0)
+            control = np.repeat(applied[:, None, :], FRAME_SKIP, axis=1)
+            states, _ = rollout.rollout(model, self._datas, state, control, nstep=FRAME_SKIP, persistent_pool=True)
+            new_state = states[:, -1]
+            # MuJoCo resets an unstable simulation to its start, which resets its clock: a clock behind
+            # (t + 1) * dt, or a non-finite number, is a diverged simulation.
+            if not np.isfinite(new_state).all() or not np.allclose(new_state[:, 0], (t + 1) * dt):
+                raise ValueError("the MuJoCo simulation diverged (non-finite or reset state); the policy's actions "
+                                 "are out of the model's range: lower the inner or outer step size")
+            velocity = (new_state[:, 1] - state[:, 1]) / dt
+            reward = self.task_reward(per_env, velocity, applied)
+            ones = torch.ones(len(tasks), trajectories, dtype=dtype)
+            steps.append((obs, actions, torch.as_tensor(reward, dtype=dtype).view(len(tasks), trajectories),
+                          ones, output))
+            state = new_state
+        return Episodes.from_steps(steps)
+
+    def _start(self, model, envs: int, generator: torch.Generator | None) -> np.ndarray:
+        """Full-physics states (time, qpos, qvel) of ``envs`` perturbed start poses, as HalfCheetah-v5 resets."""
+        nq, nv = model.nq, model.nv
+        noise_q = torch.rand(envs, nq, generator=generator, dtype=torch.float64).numpy()
+        noise_v = torch.randn(envs, nv, generator=generator, dtype=torch.float64).numpy()
+        state = np.zeros((envs, 1 + nq + nv))
+        state[:, 1:1 + nq] = model.qpos0 + RESET_NOISE * (2 * noise_q - 1)
+        state[:, 1 + nq:] = RESET_NOISE * noise_v
+        return state
+
+
+def _observation(state: np.ndarray) -> np.ndarray:
+    # (time, x, qpos[1:], qvel): HalfCheetah-v5 observes everything but the time and the x position
+    return state[:, 2:]
+
+
+class HalfCheetahVel(_HalfCheetahTasks):
+    """Run at a goal velocity v ~ U[low, high] (tasks ``{"velocity": v}``).
+
+    Example:
+        >>> family = HalfCheetahVel(horizon=5)
+        >>> family.sample_tasks(2, torch.Generator().manual_seed(0))[0]["velocity"] < 2
+        True
+    """
+
+    def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 100, threads: int = 0) -> None:
+        if not low < high:
+            raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
+        super().__init__(horizon, threads)
+        self.low, self.high = low, high
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
+        velocities = self.low + (self.high - self.low) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return [{"velocity": float(v)} for v in velocities]
+
+    def task_reward(self, tasks: list[dict], velocity: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        goal = np.array([task["velocity"] for task in tasks])
+        return -np.abs(velocity - goal) - CTRL_COST * (actions**2).sum(-1)
+
+
+class HalfCheetahDir(_HalfCheetahTasks):
+    """Run forward (d = +1) or backward (d = -1), each with probability 1/2 (tasks ``{"direction": d}``)."""
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
+        signs = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
+        return [{"direction": int(d)} for d in signs]
+
+    def task_reward(self, tasks: list[dict], velocity: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        direction = np.array([task["direction"] for task in tasks], dtype=np.float64)
+        return direction * velocity - CTRL_COST * (actions**2).sum(-1)

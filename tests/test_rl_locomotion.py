@@ -1,0 +1,91 @@
+"""MuJoCo locomotion families: the batched rollout against gymnasium's HalfCheetah-v5, rewards, bad input."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+pytest.importorskip("mujoco")
+
+from fastmaml.rl.locomotion import CTRL_COST, HalfCheetahDir, HalfCheetahVel, cheetah_model  # noqa: E402
+
+
+def scripted(actions: np.ndarray):
+    """``act`` replaying ``actions`` (T, envs, 6); the output is a dummy Gaussian."""
+    t = iter(range(len(actions)))
+
+    def act(obs):
+        a = torch.as_tensor(actions[next(t)], dtype=obs.dtype).view(*obs.shape[:-1], 6)
+        return a, (torch.zeros_like(a), torch.zeros_like(a))
+
+    return act
+
+
+@pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir()], ids=["vel", "dir"])
+def test_batched_rollout_is_gymnasiums_half_cheetah(family):
+    """Same start state and actions: the batched rollout's observations and rewards are gymnasium's
+    HalfCheetah-v5 with the task's reward, bit for bit while the solver's warm start does not matter."""
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(0))
+    steps = 8
+    actions = np.random.default_rng(0).uniform(-1.5, 1.5, (steps, 2 * 3, 6))  # beyond the bounds: clipped
+    episodes = family.rollout(scripted(actions), tasks, 3, steps, torch.float64, torch.Generator().manual_seed(1))
+    assert episodes.observations.shape == (2, 3, steps, 17)
+    start = family._start(cheetah_model(), 6, torch.Generator().manual_seed(1))
+    for env_index in (0, 4):
+        task, trajectory = divmod(env_index, 3)
+        env = family.make_env(tasks[task])
+        env.reset(seed=0)
+        env.unwrapped.set_state(start[env_index, 1:10], start[env_index, 10:])
+        obs = env.unwrapped._get_obs()
+        for t in range(steps):
+            np.testing.assert_allclose(episodes.observations[task, trajectory, t].numpy(), obs, rtol=0, atol=1e-12)
+            obs, reward, terminated, truncated, _ = env.step(np.clip(actions[t, env_index], -1, 1))
+            assert reward == pytest.approx(episodes.rewards[task, trajectory, t].item(), abs=1e-10)
+            assert not terminated
+    assert bool((episodes.mask == 1).all())
+
+
+def test_rewards_are_maml_rl_s():
+    velocity, actions = np.array([0.5, 1.5]), np.array([[0.1] * 6, [-1.0] * 6])
+    vel = HalfCheetahVel().task_reward([{"velocity": 1.0}, {"velocity": 1.0}], velocity, actions)
+    np.testing.assert_allclose(vel, [-0.5 - CTRL_COST * 0.06, -0.5 - CTRL_COST * 6])
+    direction = HalfCheetahDir().task_reward([{"direction": -1}, {"direction": 1}], velocity, actions)
+    np.testing.assert_allclose(direction, [-0.5 - CTRL_COST * 0.06, 1.5 - CTRL_COST * 6])
+
+
+def test_tasks_are_drawn_from_the_paper_s_distributions():
+    generator = torch.Generator().manual_seed(0)
+    velocities = [t["velocity"] for t in HalfCheetahVel().sample_tasks(500, generator)]
+    assert 0 <= min(velocities) < 0.05 and 1.95 < max(velocities) <= 2
+    directions = [t["direction"] for t in HalfCheetahDir().sample_tasks(500, generator)]
+    assert set(directions) == {-1, 1} and 200 < directions.count(1) < 300
+
+
+def test_the_start_poses_follow_the_seed():
+    family = HalfCheetahVel()
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(0))
+
+    def run(seed):
+        act = scripted(np.zeros((3, 4, 6)))
+        return family.rollout(act, tasks, 2, 3, torch.float64, torch.Generator().manual_seed(seed)).observations
+
+    assert torch.equal(run(5), run(5)) and not torch.equal(run(5), run(6))
+
+
+def test_a_diverging_simulation_is_a_one_line_error():
+    family = HalfCheetahVel()
+    tasks = family.sample_tasks(1, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="diverged.*lower the inner or outer step size"):
+        family.rollout(scripted(np.full((2, 1, 6), np.nan)), tasks, 1, 2, torch.float64)
+
+
+def test_bad_family_options_and_a_missing_mujoco(monkeypatch):
+    with pytest.raises(ValueError, match="low < high"):
+        HalfCheetahVel(low=2, high=1)
+    with pytest.raises(ValueError, match="horizon=0"):
+        HalfCheetahDir(horizon=0)
+    monkeypatch.setitem(sys.modules, "mujoco", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastmaml\[rl\]'"):
+        HalfCheetahVel().rollout(scripted(np.zeros((1, 1, 6))), [{"velocity": 1.0}], 1, 1)
