@@ -86,14 +86,15 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
     tasks = sample_tasks(family, config.meta_batch_size, generator)
     train, valid = learner.sample_meta_batch(family, tasks, generator)
     if optimizer is None:
-        new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.params(), trpo_config(config))
+        new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.meta_params(),
+                                trpo_config(config), fisher=lambda p: learner.fisher(p, train, valid))
         _check_finite(record["loss"], new.values(), iteration, kept)
         with torch.no_grad():
-            for name, p in learner.params().items():
+            for name, p in learner.meta_params().items():
                 p.copy_(new[name])
     else:
         optimizer.zero_grad(set_to_none=True)
-        loss, kl = learner.surrogate(learner.params(), train, valid)
+        loss, kl = learner.surrogate(learner.meta_params(), train, valid)
         loss.backward()
         _check_finite(loss.item(), [p.grad for p in learner.params().values() if p.grad is not None], iteration,
                       kept)
