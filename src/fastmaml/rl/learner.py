@@ -96,7 +96,12 @@ class MetaRL(nn.Module):
         task dimension (no graph kept): the objective's own adaptation, mapped over the tasks."""
         ctx = self.context(detached(params), len(train))
         names = list(ctx.params)
-        adapted = self.mapper(lambda *task: tuple(adapt_task(ctx, *task)[n] for n in names), *task_tensors(train))
+
+        def per_task(*task: Tensor) -> tuple[Tensor, ...]:
+            adapted = adapt_task(ctx, *task)
+            return tuple(adapted[n] for n in names)
+
+        adapted = self.mapper(per_task, *task_tensors(train))
         return {name: p.detach() for name, p in zip(names, adapted)}
 
     def sample_meta_batch(self, family, tasks: list, generator: torch.Generator,
