@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastmaml.core.execution import TaskMapper
+from fastmaml.core.execution import Execution, TaskMapper
 from fastmaml.core.inner import InnerSpec
 from fastmaml.core.objective import TaskContext
 from fastmaml.core.params import Params, detached
@@ -45,7 +45,8 @@ class MetaRL(nn.Module):
 
     def __init__(self, policy: nn.Module, inner_lr: float = 0.1, inner_steps: int = 1, first_order: bool = False,
                  gamma: float = 0.99, gae_lambda: float = 1.0, trajectories: int = 20, horizon: int = 100,
-                 normalize_advantages: bool = True, execution: str = "auto", rule: UpdateRule | None = None) -> None:
+                 normalize_advantages: bool = True, execution: Execution = "auto", rule: UpdateRule | None = None
+                 ) -> None:
         super().__init__()
         if trajectories < 1 or horizon < 1:
             raise ValueError(f"trajectories={trajectories}, horizon={horizon}; both must be >= 1")
