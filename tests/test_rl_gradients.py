@@ -9,7 +9,9 @@ pytest.importorskip("gymnasium")
 from fastmaml.core.rules import adam, meta_sgd, momentum, sgd  # noqa: E402
 from fastmaml.rl import GaussianPolicy, MetaRL  # noqa: E402
 from fastmaml.rl.envs import Navigation2DTasks  # noqa: E402
-from fastmaml.rl.trpo import TRPOConfig, conjugate_gradient, fisher_vector_product, flat, trpo_step  # noqa: E402
+from fastmaml.rl.trpo import (  # noqa: E402
+    TRPOConfig, _conjugate_gradient, conjugate_gradient, fisher_vector_product, flat, trpo_step,
+)
 
 LR = 0.5
 
@@ -166,6 +168,10 @@ def test_conjugate_gradient_solves_a_positive_definite_system():
     a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iters=6), torch.linalg.solve(a, b))
+    # TRPO's curvature x^T A x from CG's residual (one product fewer), here before convergence
+    x, r = _conjugate_gradient(lambda v: a @ v, b, iters=3)
+    assert r.norm() > 1e-3
+    torch.testing.assert_close(x @ (b - r), x @ (a @ x), rtol=1e-12, atol=0)
 
 
 def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
