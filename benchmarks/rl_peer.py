@@ -3,19 +3,27 @@ meta-iteration, for the side-by-side in benchmarks/RESULTS.md ("Meta-RL").
 
 The peer runs as published (``/work/shared/peers/learn2learn-rl/``: its policy, environment and
 defaults: 20 tasks x 20 episodes x 100 steps, 2x100 ReLU policy, one inner step of 0.1, 10
-sampling worker processes), with one change so that it runs with cherry-rl 0.2.0, the release pip
-installs: cherry moved the wrappers the script calls ``ch.envs.ActionSpaceScaler``, ``ch.envs.Torch``
-and ``ch.envs.Runner`` to ``cherry.wrappers``; they are aliased back before the script is imported.
+sampling worker processes), with two changes so that it runs with the releases pip installs, both
+made here without editing the script:
+
+1. cherry-rl 0.2.0 moved the wrappers the script calls ``ch.envs.ActionSpaceScaler``, ``ch.envs.Torch``
+   and ``ch.envs.Runner`` to ``cherry.wrappers``; they are aliased back.
+2. Its episodes never end: ``Particles2DEnv.step`` returns ``done`` as a numpy bool, and gym 0.25.2's
+   ``TimeLimit`` only truncates when ``terminated is False`` (an identity test a numpy ``False`` fails),
+   so no episode ever reaches its 100-step limit and cherry's ``Runner`` samples forever (this is why
+   the first meta-iteration "never finished"). ``done`` is converted to a Python bool.
+
 gym is pinned to 0.25.2, the last release with the 4-tuple ``step`` API the script uses.
 
 Run in the peer venv (learn2learn, cherry-rl, gym==0.25.2), from the repository root::
 
     nice -n 10 /work/peers-venv/bin/python benchmarks/rl_peer.py --iterations 3 --out runs/rl_peer.jsonl
 
-Each line of ``--out``: the iteration, wall and CPU seconds (of the main process, which runs the policy
-and the TRPO update; the workers only step the environments) since the start, and the peer's printed
-``adaptation_reward`` (mean return of the post-adaptation episodes of that iteration's tasks). On a
-shared CPU compare CPU seconds: wall time there measures the other users too.
+Each line of ``--out``: the iteration, wall and CPU seconds since the start (of the main process, which
+runs the policy and the TRPO update, and, separately, of its worker processes, which step the
+environments; read from /proc), and the peer's printed ``adaptation_reward`` (mean return of the
+post-adaptation episodes of that iteration's tasks). On a shared CPU compare CPU seconds: wall time there
+measures the other users too.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,12 +55,28 @@ class _Clock(io.TextIOBase):
                 now = time.perf_counter()
                 record = {"iteration": self.iteration, "seconds_since_start": now - self.start,
                           "cpu_seconds_since_start": time.process_time(),
+                          "worker_cpu_seconds_since_start": _children_cpu(),
                           "adaptation_reward": float(line.split()[1])}
                 with self.out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 sys.__stdout__.write(json.dumps(record) + "\n")
                 sys.__stdout__.flush()
         return len(text)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's live children, from /proc/PID/stat."""
+    total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # fields[1]: the parent pid; fields[11], fields[12]: utime, stime
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def main() -> None:
@@ -64,6 +89,16 @@ def main() -> None:
 
     for name in ("ActionSpaceScaler", "Torch", "Runner"):
         setattr(cherry.envs, name, getattr(cherry.wrappers, name))
+    from learn2learn.gym.envs.particles import particles_2d
+
+    step = particles_2d.Particles2DEnv.step
+
+    def step_with_python_bool(self, action):
+        state, reward, done, info = step(self, action)
+        return state, reward, bool(done), info
+
+    # patched before the script forks its AsyncVectorEnv workers, which inherit it
+    particles_2d.Particles2DEnv.step = step_with_python_bool
     sys.path.insert(0, str(PEER))
     import maml_trpo
 

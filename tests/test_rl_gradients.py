@@ -6,18 +6,21 @@ import torch
 
 pytest.importorskip("gymnasium")
 
+from fastmaml.core.rules import adam, meta_sgd, momentum, sgd  # noqa: E402
 from fastmaml.rl import GaussianPolicy, MetaRL  # noqa: E402
 from fastmaml.rl.envs import Navigation2DTasks  # noqa: E402
-from fastmaml.rl.trpo import TRPOConfig, conjugate_gradient, fisher_vector_product, flat, trpo_step  # noqa: E402
+from fastmaml.rl.trpo import (  # noqa: E402
+    TRPOConfig, _conjugate_gradient, conjugate_gradient, fisher_vector_product, flat, trpo_step,
+)
 
 LR = 0.5
 
 
-def _meta_batch(execution="vmap", first_order=False, inner_steps=1, hidden=(6,)):
+def _meta_batch(execution="vmap", first_order=False, inner_steps=1, hidden=(6,), rule=None):
     torch.manual_seed(0)
     policy = GaussianPolicy(2, 2, hidden, activation="tanh", init_std=0.5).double()
     learner = MetaRL(policy, inner_lr=LR, inner_steps=inner_steps, first_order=first_order, trajectories=3,
-                     horizon=5, execution=execution)
+                     horizon=5, execution=execution, rule=rule).double()
     family = Navigation2DTasks()
     generator = torch.Generator().manual_seed(1)
     tasks = family.sample_tasks(3, generator)
@@ -76,15 +79,22 @@ def test_second_order_differs_from_first_order():
     learner, train, valid = _meta_batch()
     params = _leaves(learner)
     exact = torch.autograd.grad(learner.surrogate(params, train, valid)[0], list(params.values()))
-    learner.spec = type(learner.spec)(learner.policy, LR, True)
+    learner.first_order = True
     first = torch.autograd.grad(learner.surrogate(params, train, valid)[0], list(params.values()))
     assert (flat(exact) - flat(first)).abs().max() > 1e-3 * flat(exact).abs().max()
 
 
-@pytest.mark.parametrize("inner_steps", [1, 2])
-def test_meta_gradient_matches_finite_differences(inner_steps):
-    learner, train, valid = _meta_batch(inner_steps=inner_steps)
-    params = _leaves(learner)
+RULES = {"sgd": lambda: sgd(LR), "momentum": lambda: momentum(LR, beta=0.5), "adam": lambda: adam(0.05),
+         "meta_sgd": lambda: meta_sgd(LR)}
+
+
+@pytest.mark.parametrize("inner_steps,rule", [(1, "sgd"), (2, "sgd"), (2, "momentum"), (2, "adam"),
+                                              (2, "meta_sgd")])
+def test_meta_gradient_matches_finite_differences(inner_steps, rule):
+    # any core UpdateRule is the RL inner step; Meta-SGD's learned rates are meta-parameters too
+    learner, train, valid = _meta_batch(inner_steps=inner_steps, rule=RULES[rule]())
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.meta_params().items()}
+    assert (rule == "meta_sgd") == any(n.startswith("rule:") for n in params)
     loss, _ = learner.surrogate(params, train, valid)
     grad = flat(torch.autograd.grad(loss, list(params.values())))
     direction = torch.randn(grad.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -100,6 +110,17 @@ def test_meta_gradient_matches_finite_differences(inner_steps):
     numeric = (at(1) - at(-1)) / (2 * eps)
     assert abs(numeric - float(grad @ direction)) < 1e-6 * max(1.0, abs(numeric))
     assert abs(numeric) > 1e-4
+
+
+@pytest.mark.parametrize("rule", ["adam", "meta_sgd"])
+def test_rules_vmap_and_loop_agree(rule):
+    grads = []
+    for execution in ("vmap", "loop"):
+        learner, train, valid = _meta_batch(execution, inner_steps=2, rule=RULES[rule]())
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in learner.meta_params().items()}
+        grads.append(flat(torch.autograd.grad(learner.surrogate(params, train, valid)[0], list(params.values()))))
+        assert learner.mapper.execution == execution
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 def test_fisher_vector_product_matches_explicit_hessian_through_adaptation():
@@ -121,7 +142,25 @@ def test_fisher_vector_product_matches_explicit_hessian_through_adaptation():
     fvp = fisher_vector_product(kl, params, damping=1e-3)
     v = torch.randn(theta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(fvp(v), hessian @ v + 1e-3 * v, rtol=1e-8, atol=1e-10)
+    # the Gauss-Newton product TRPO uses: K^T H_out K, the same Hessian at the old policy
+    loss, gauss_newton = learner.fisher(params, train, valid)
+    torch.testing.assert_close(loss, learner.surrogate(params, train, valid)[0], rtol=1e-12, atol=1e-14)
+    for seed in (4, 5):
+        v = torch.randn(theta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(gauss_newton(v), hessian @ v, rtol=1e-8, atol=1e-10)
     assert torch.linalg.eigvalsh(hessian).min() > -1e-10  # a Fisher: positive semi-definite at the old policy
+    assert hessian.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("first_order,inner_steps", [(False, 2), (True, 1)])
+def test_gauss_newton_fvp_matches_double_backward(first_order, inner_steps):
+    learner, train, valid = _meta_batch(first_order=first_order, inner_steps=inner_steps, hidden=(5,))
+    params = _leaves(learner)
+    _, kl = learner.surrogate(params, train, valid)
+    double_backward = fisher_vector_product(kl, params, damping=0.0)
+    _, gauss_newton = learner.fisher(params, train, valid)
+    v = torch.randn(flat(params.values()).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(gauss_newton(v), double_backward(v), rtol=1e-8, atol=1e-10)
 
 
 def test_conjugate_gradient_solves_a_positive_definite_system():
@@ -129,6 +168,10 @@ def test_conjugate_gradient_solves_a_positive_definite_system():
     a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(conjugate_gradient(lambda v: a @ v, b, iters=6), torch.linalg.solve(a, b))
+    # TRPO's curvature x^T A x from CG's residual (one product fewer), here before convergence
+    x, r = _conjugate_gradient(lambda v: a @ v, b, iters=3)
+    assert r.norm() > 1e-3
+    torch.testing.assert_close(x @ (b - r), x @ (a @ x), rtol=1e-12, atol=0)
 
 
 def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
@@ -140,6 +183,15 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
 
     new, record = trpo_step(objective, learner.params(), config)
     assert record["ls_step"] < config.ls_steps
+    # The Gauss-Newton FVP and CG's own curvature take the same step as double backward. Few CG iterations:
+    # near convergence CG amplifies rounding differences of 1e-16 in the products to 1e-4 in the step.
+    damped = TRPOConfig(max_kl=1e-3, cg_iters=5)
+    reference, reference_record = trpo_step(objective, learner.params(), damped)
+    fast, fast_record = trpo_step(objective, learner.params(), damped, fisher=lambda p: learner.fisher(p, train, valid))
+    assert fast_record["ls_step"] == reference_record["ls_step"] < damped.ls_steps
+    for name in new:
+        torch.testing.assert_close(fast[name], reference[name], rtol=1e-9, atol=1e-11)
+        assert not torch.equal(fast[name], learner.params()[name])
     with torch.no_grad():
         loss, kl = objective(new)
         before, kl_before = objective(learner.params())

@@ -104,6 +104,27 @@ def test_variants_run(tmp_path, override):
     assert "pretrained" not in json.loads((out / "eval.json").read_text())
 
 
+@pytest.mark.parametrize("outer", ["trpo", "adam"])
+def test_meta_sgd_inner_rule_trains_and_keeps_its_rates(tmp_path, outer):
+    # a core UpdateRule as the RL inner step: Meta-SGD's per-entry rates are meta-trained beside the
+    # policy, saved in the checkpoint and restored by fm.load
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith(("iterations", "baseline"))]
+    assert main(["train", "nav2d", *overrides, "iterations=2", "baseline_iterations=0", "inner_rule=meta_sgd",
+                 f"outer={outer}", "outer_lr=0.01", "--out", str(out), "--no-progress"]) == 0
+    learner = fm.load(out)
+    rates = dict(learner.rule_state.items())
+    assert set(rates) == {name.replace(".", "/") for name in learner.params()}
+    assert any(not torch.allclose(r, torch.full_like(r, 0.1)) for r in rates.values())  # trained, not initial
+    saved = torch.load(out / "checkpoint.pt")["rule"]
+    assert all(torch.equal(saved[n], r.detach()) for n, r in rates.items())
+
+
+def test_an_unknown_inner_rule_is_refused():
+    with pytest.raises(ValueError, match="inner_rule='newton'; use one of sgd, momentum, adam, meta_sgd"):
+        rlcfg.resolve("nav2d", ["inner_rule=newton"])
+
+
 class Corridor(gymnasium.Env):
     """A user's own env: a walk on a line with two discrete actions, the goal a task parameter."""
 

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
             out = args.out or Path("runs") / Path(args.recipe).stem
             results = runs.train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
             print(f"run folder: {out}")
-        print(format_table(results))
+        if results is not None:
+            print(format_table(results))
         return 0
     if args.command == "eval":
         results = runs.evaluate_run(args.run_dir, args.tasks, args.steps)

@@ -13,6 +13,7 @@ from fastmaml.train import config as cfg
 
 KIND = "rl"
 OUTERS = ("trpo", "adam")
+INNER_RULES = ("sgd", "momentum", "adam", "meta_sgd")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class RLConfig:
 
     ``env`` names the task family: ``navigation2d`` or ``package.module:Factory`` for a user's own
     (called with ``env_options``; it must have ``sample_tasks(n, generator)`` and ``make_env(task)``).
-    ``outer``: ``trpo`` (max_kl, cg_*, ls_*) or ``adam`` (outer_lr). ``baseline_iterations``: TRPO
+    ``inner_rule``: the core update rule of the inner step (``sgd``, the paper's vanilla policy gradient;
+    ``momentum``, ``adam``, ``meta_sgd``), at ``inner_lr``. ``outer``: ``trpo`` (max_kl, cg_*, ls_*) or
+    ``adam`` (outer_lr). ``baseline_iterations``: TRPO
     iterations of the "pretrained on the task mixture" baseline (0: none).
     """
 
@@ -43,6 +46,7 @@ class RLConfig:
     horizon: int = 100
     inner_lr: float = 0.1
     inner_steps: int = 1
+    inner_rule: str = "sgd"
     first_order: bool = False
     outer: str = "trpo"
     outer_lr: float = 1e-3
@@ -84,8 +88,8 @@ class RLConfig:
             raise ValueError(f"ls_ratio={self.ls_ratio}; the backtracking factor must lie in (0, 1)")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"gamma={self.gamma}, gae_lambda={self.gae_lambda}; both must lie in [0, 1]")
-        choices = {"outer": OUTERS, "execution": ("auto", "vmap", "loop"), "dtype": ("float32", "float64"),
-                   "policy.activation": ("relu", "tanh")}
+        choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "execution": ("auto", "vmap", "loop"),
+                   "dtype": ("float32", "float64"), "policy.activation": ("relu", "tanh")}
         for name, valid in choices.items():
             value = self.policy.activation if name == "policy.activation" else getattr(self, name)
             if value not in valid:

@@ -23,7 +23,7 @@ MAX_ACTION = 0.1
 GOAL_TOLERANCE = 0.01
 
 
-class Navigation2D(_gym.Env):
+class Navigation2D(_gym.Env):  # type: ignore[name-defined]  # gymnasium is imported lazily (the rl extra)
     """One 2D-navigation task, a ``gymnasium.Env``: observation = position (2,), start at the origin.
 
     Args:
@@ -37,7 +37,7 @@ class Navigation2D(_gym.Env):
         >>> obs, reward, terminated, truncated, info = env.step(np.array([0.1, -0.1]))
     """
 
-    metadata = {"render_modes": []}
+    metadata: dict[str, list[str]] = {"render_modes": []}
 
     def __init__(self, goal: tuple[float, float] | None = None, horizon: int = 100) -> None:
         if horizon < 1:
@@ -59,13 +59,16 @@ class Navigation2D(_gym.Env):
 
     def step(self, action):
         move = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -MAX_ACTION, MAX_ACTION)
+        goal = self.goal
+        if goal is None:
+            raise RuntimeError("Navigation2D.step() before reset(); call env.reset() first")
         self._position = self._position + move
-        offset = self._position - self.goal
+        offset = self._position - goal
         reward = -float(np.sqrt((offset**2).sum()))
         terminated = bool(np.all(np.abs(offset) < GOAL_TOLERANCE))
         self._t += 1
         truncated = self._t >= self.horizon and not terminated
-        return self._position.astype(np.float32), reward, terminated, truncated, {"goal": self.goal.copy()}
+        return self._position.astype(np.float32), reward, terminated, truncated, {"goal": goal.copy()}
 
 
 class Navigation2DTasks:

@@ -35,8 +35,10 @@ class Episodes:
     def from_steps(steps: list[tuple]) -> Episodes:
         """From per-step tuples ``(obs, actions, rewards, mask, output)``, each with leading (tasks, N)."""
         obs, actions, rewards, mask, outputs = zip(*steps)
+        output: Output
         if isinstance(outputs[0], (tuple, list)):
-            output = tuple(torch.stack(column, 2).detach() for column in zip(*outputs))
+            means, log_stds = zip(*outputs)
+            output = torch.stack(means, 2).detach(), torch.stack(log_stds, 2).detach()
         else:
             output = torch.stack(outputs, 2).detach()
         return Episodes(torch.stack(obs, 2), torch.stack(actions, 2).detach(), torch.stack(rewards, 2),

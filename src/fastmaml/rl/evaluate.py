@@ -10,7 +10,6 @@ import math
 import torch
 
 from fastmaml.core.params import Params, detached
-from fastmaml.rl import objectives
 from fastmaml.rl.learner import MetaRL
 from fastmaml.rl.sampler import sample_tasks
 
@@ -19,14 +18,17 @@ def returns_by_step(learner: MetaRL, family, tasks: list, steps: int, generator:
                     params: Params | None = None) -> torch.Tensor:
     """(tasks, steps + 1) mean return per task: of the episodes sampled before each inner step and after
     the last; each step adapts on the episodes just sampled (fresh ones every step, as in training)."""
-    base = detached(params if params is not None else learner.params())
-    current = {name: p.unsqueeze(0).expand(len(tasks), *p.shape) for name, p in base.items()}
-    returns = []
+    base = detached(params if params is not None else learner.meta_params())
+    policy = {name: p for name, p in base.items() if name in learner.params()}
+    current = {name: p.unsqueeze(0).expand(len(tasks), *p.shape) for name, p in policy.items()}
+    returns, train = [], []
     for k in range(steps + 1):
         episodes = learner.sample(family, tasks, current, generator, batched=True)
         returns.append(episodes.returns().mean(1))
         if k < steps:
-            current = objectives.step_tasks(learner.spec, current, episodes)
+            # the same per-task adaptation as training, from the initialisation on every step's episodes
+            train.append(episodes)
+            current = learner.adapt_tasks(base, train)
     return torch.stack(returns, 1)
 
 

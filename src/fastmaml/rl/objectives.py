@@ -1,11 +1,16 @@
-"""Meta-RL objectives over ``dict[str, Tensor]`` parameters: the inner policy-gradient step and the outer
-post-adaptation surrogate with its KL, one task at a time.
+"""Meta-RL as a core objective: the inner policy-gradient step is the core's inner step (any
+:class:`~fastmaml.core.rules.UpdateRule`), and TRPO's post-adaptation surrogate is an
+:class:`~fastmaml.core.objective.Objective` on one task, mapped over the meta-batch by the core's
+:class:`~fastmaml.core.execution.TaskMapper` (the same vmap-or-loop decision as supervised tasks).
 
-:func:`task_objective` is the one per-task function; :func:`surrogate` maps it over the tasks of a
-meta-batch with ``torch.func.vmap`` or a Python loop (the same code either way). Differentiating the
-result with respect to the initial parameters gives the exact second-order meta-gradient through the
-inner step (MAML, arXiv:1703.03400, eq. 1 with the policy-gradient loss of section 3.2), and twice
-differentiating the KL gives TRPO's Fisher-vector products through the adaptation.
+A task's support set for inner step k is ``(observations, target)`` with ``target`` packing what the
+policy-gradient loss reads besides the policy's output: ``(N, T, action_dim + 2)`` = actions, advantage,
+mask (Discrete actions: one action column). So :func:`pg_loss` is an ordinary ``loss_fn(prediction,
+target)`` and :func:`fastmaml.core.inner.inner_step` takes the step, first-order or not, with any rule.
+
+Differentiating the surrogate with respect to the initial parameters gives the exact second-order
+meta-gradient through the inner steps (MAML, arXiv:1703.03400, eq. 1 with the policy-gradient loss of
+section 3.2).
 """
 
 from __future__ import annotations
@@ -14,109 +19,96 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-from fastmaml.core.params import Params, detached
-from fastmaml.core.rules import sgd
+from fastmaml.core import inner
+from fastmaml.core.objective import TaskContext
+from fastmaml.core.params import Params
 from fastmaml.rl import policies
 from fastmaml.rl.episodes import Episodes
 
-EXECUTIONS = ("auto", "vmap", "loop")
+
+def pack_target(episodes: Episodes) -> Tensor:
+    """(..., N, T, action_dim + 2): actions, advantage and mask side by side, the inner loss's target."""
+    if episodes.advantages is None:
+        raise ValueError("these episodes have no advantages yet; call fastmaml.rl.baseline.with_advantages")
+    actions = episodes.actions if policies.is_gaussian(episodes.outputs) else episodes.actions.unsqueeze(-1)
+    dtype = episodes.observations.dtype
+    return torch.cat([actions.to(dtype), episodes.advantages.unsqueeze(-1).to(dtype),
+                      episodes.mask.unsqueeze(-1).to(dtype)], -1)
 
 
-@dataclass(frozen=True)
-class RLSpec:
-    """The static part of the per-task computation.
-
-    Attributes:
-        policy: the module whose parameters are swapped in through ``functional_call``.
-        inner_lr: the inner policy-gradient step size (0.1 in the paper's 2D navigation).
-        first_order: drop the inner step's Jacobian (gradients taken at detached parameters).
-        execution: ``vmap``, ``loop`` or ``auto`` (vmap: one batched graph for the meta-batch).
-    """
-
-    policy: nn.Module
-    inner_lr: float
-    first_order: bool = False
-    execution: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.execution not in EXECUTIONS:
-            raise ValueError(f"execution={self.execution!r}; use one of {', '.join(EXECUTIONS)}")
-        if self.inner_lr < 0:
-            raise ValueError(f"inner_lr={self.inner_lr}; it must be >= 0")
+def unpack_target(output: policies.Output, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(actions, advantages, mask)`` from :func:`pack_target`'s tensor."""
+    actions = target[..., :-2] if policies.is_gaussian(output) else target[..., 0]
+    return actions, target[..., -2], target[..., -1]
 
 
-def pg_loss(spec: RLSpec, params: Params, obs: Tensor, actions: Tensor, advantages: Tensor, mask: Tensor,
-            outputs: policies.Output) -> Tensor:
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    # mean over the valid steps of one task: the last two dims are (N, T); leading dims (tasks) are kept
+    return (values * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp(min=1)
+
+
+def pg_loss(output: policies.Output, target: Tensor) -> Tensor:
     """The vanilla policy-gradient (REINFORCE with baseline) loss: -mean over steps of log pi(a|s) A."""
-    log_prob = policies.log_prob(functional_call(spec.policy, params, (obs,)), actions)
-    return -(log_prob * advantages * mask).sum() / mask.sum().clamp(min=1)
+    actions, advantages, mask = unpack_target(output, target)
+    return -_masked_mean(policies.log_prob(output, actions) * advantages, mask)
 
 
-def inner_step(spec: RLSpec, params: Params, episodes: tuple) -> Params:
-    """theta' = theta - inner_lr * grad pg_loss(theta) on one task's episodes (a ``Episodes.tensors()``)."""
-    at = detached(params) if spec.first_order else params
-    grads = torch.func.grad(lambda p: pg_loss(spec, p, *episodes))(at)
-    return sgd(spec.inner_lr).step(params, grads)
+def surrogate_terms(output: policies.Output, target: Tensor, old: policies.Output) -> tuple[Tensor, Tensor]:
+    """TRPO's surrogate ``-mean_t [pi(a|s) / pi_old(a|s) * A]`` and ``mean_t KL(pi_old || pi)`` (per task)."""
+    actions, advantages, mask = unpack_target(output, target)
+    ratio = torch.exp(policies.log_prob(output, actions) - policies.log_prob(old, actions))
+    return -_masked_mean(ratio * advantages, mask), _masked_mean(policies.kl(old, output), mask)
 
 
-def adapt(spec: RLSpec, params: Params, train: Sequence[tuple]) -> Params:
-    """One inner step per element of ``train`` (fresh episodes after each step, sampled by the caller)."""
+def task_tensors(train: Sequence[Episodes], valid: Episodes | None = None) -> tuple[Tensor, ...]:
+    """The meta-batch as flat tensors with a leading task dimension, what the task mapper maps over:
+    ``(obs_1, target_1, ..., obs_k, target_k[, valid_obs, valid_target, *old_outputs])``."""
+    out: list[Tensor] = []
     for episodes in train:
-        params = inner_step(spec, params, episodes)
+        out += [episodes.observations, pack_target(episodes)]
+    if valid is not None:
+        old = valid.outputs if policies.is_gaussian(valid.outputs) else (valid.outputs,)
+        out += [valid.observations, pack_target(valid), *old]
+    return tuple(out)
+
+
+def adapt_task(ctx: TaskContext, *supports: Tensor) -> Params:
+    """``len(supports) // 2`` inner steps of one task, step k on ``(supports[2k], supports[2k + 1])``
+    (fresh episodes each step, sampled by the caller); returns every parameter."""
+    params, state = ctx.params, inner.init_state(ctx.spec, ctx.params)
+    for step in range(len(supports) // 2):
+        obs, target = supports[2 * step], supports[2 * step + 1]
+        params, state = inner.inner_step(ctx.spec, params, ctx.buffers, ctx.learned, state, obs, target, step)
     return params
 
 
-def task_objective(spec: RLSpec, params: Params, train: Sequence[tuple], valid: tuple) -> tuple[Tensor, Tensor]:
-    """One task's TRPO surrogate loss and mean KL after adaptation.
+@dataclass(frozen=True)
+class TRPOSurrogate:
+    """The outer objective of MAML-TRPO on one task: the surrogate loss after ``ctx.steps`` inner steps,
+    with the mean KL from the policy that sampled the post-adaptation ("valid") episodes as aux.
 
-    loss = -mean_t [pi_theta'(a|s) / pi_old(a|s) * A] and kl = mean_t KL(pi_old || pi_theta') over the
-    post-adaptation ("valid") episodes, where pi_old is the adapted policy that sampled them.
+    The task's tensors are :func:`task_tensors`' layout. :meth:`outputs` is the adapted policy's output
+    on the valid observations, which TRPO's Fisher-vector products differentiate (trpo.py).
+
+    Example:
+        >>> objective = TRPOSurrogate()
     """
-    obs, actions, advantages, mask, old = valid
-    output = functional_call(spec.policy, adapt(spec, params, train), (obs,))
-    ratio = torch.exp(policies.log_prob(output, actions) - policies.log_prob(old, actions))
-    count = mask.sum().clamp(min=1)
-    loss = -(ratio * advantages * mask).sum() / count
-    kl = (policies.kl(old, output) * mask).sum() / count
-    return loss, kl
+
+    key = None  # a fresh meta-batch of trajectories every iteration: never compiled
+
+    def outputs(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, ...]:
+        adapted = adapt_task(ctx, *task[:2 * ctx.steps])
+        output = inner.forward(ctx.spec, adapted, ctx.buffers, task[2 * ctx.steps])
+        return tuple(output) if policies.is_gaussian(output) else (output,)
+
+    def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        target, old = task[2 * ctx.steps + 1], as_output(task[2 * ctx.steps + 2:])
+        loss, kl = surrogate_terms(as_output(self.outputs(ctx, *task)), target, old)
+        return loss, (kl,)
 
 
-def surrogate(spec: RLSpec, params: Params, train: Sequence[Episodes], valid: Episodes) -> tuple[Tensor, Tensor]:
-    """The meta-batch's mean surrogate loss and mean KL, differentiable with respect to ``params``."""
-    train_tensors = tuple(e.tensors() for e in train)
-    if spec.execution == "loop":
-        tasks = valid.observations.shape[0]
-        losses, kls = zip(*(task_objective(spec, params, [_task(t, i) for t in train_tensors],
-                                           _task(valid.tensors(), i)) for i in range(tasks)))
-        return torch.stack(losses).mean(), torch.stack(kls).mean()
-    losses, kls = torch.func.vmap(lambda tr, va: task_objective(spec, params, tr, va))(train_tensors, valid.tensors())
-    return losses.mean(), kls.mean()
-
-
-def adapt_tasks(spec: RLSpec, params: Params, train: Sequence[Episodes]) -> Params:
-    """Every task's adapted parameters, stacked on a leading task dimension (no graph kept)."""
-    train_tensors = tuple(e.tensors() for e in train)
-    base = detached(params)
-    if spec.execution == "loop":
-        tasks = train[0].observations.shape[0]
-        per_task = [adapt(spec, base, [_task(t, i) for t in train_tensors]) for i in range(tasks)]
-        return {name: torch.stack([p[name] for p in per_task]).detach() for name in base}
-    adapted = torch.func.vmap(lambda tr: adapt(spec, base, tr))(train_tensors)
-    return detached(adapted)
-
-
-def _task(tensors: tuple, i: int) -> tuple:
-    return tuple(tuple(t[i] for t in x) if isinstance(x, tuple) else x[i] for x in tensors)
-
-
-def step_tasks(spec: RLSpec, params: Params, episodes: Episodes) -> Params:
-    """One inner step for every task from per-task parameters (leading task dimension), no graph kept."""
-    tensors = episodes.tensors()
-    if spec.execution == "loop":
-        per_task = [inner_step(spec, {n: p[i] for n, p in params.items()}, _task(tensors, i))
-                    for i in range(episodes.observations.shape[0])]
-        return {name: torch.stack([p[name] for p in per_task]).detach() for name in params}
-    return detached(torch.func.vmap(lambda p, e: inner_step(spec, p, e))(detached(params), tensors))
+def as_output(columns: Sequence[Tensor]) -> policies.Output:
+    """A policy output from its flat columns: ``(mean, log_std)`` or the logits."""
+    return (columns[0], columns[1]) if len(columns) == 2 else columns[0]

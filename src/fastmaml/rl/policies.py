@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import TypeIs
 
 Output = Tensor | tuple[Tensor, Tensor]
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -62,7 +63,7 @@ class CategoricalPolicy(nn.Module):
         return self.logits(obs)
 
 
-def is_gaussian(output: Output) -> bool:
+def is_gaussian(output: Output) -> TypeIs[tuple[Tensor, Tensor]]:
     return isinstance(output, (tuple, list))
 
 
@@ -77,10 +78,12 @@ def log_prob(output: Output, actions: Tensor) -> Tensor:
 
 def kl(old: Output, new: Output) -> Tensor:
     """KL(old || new) per observation (closed form)."""
-    if is_gaussian(old):
+    if is_gaussian(old) and is_gaussian(new):
         (mu0, log_std0), (mu1, log_std1) = old, new
         var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
         return (log_std1 - log_std0 + (var0 + (mu0 - mu1) ** 2) / (2 * var1) - 0.5).sum(-1)
+    if is_gaussian(old) or is_gaussian(new):
+        raise TypeError("kl() needs two outputs of the same kind: two (mean, log_std) pairs or two logits")
     log_p, log_q = torch.log_softmax(old, -1), torch.log_softmax(new, -1)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
@@ -102,4 +105,6 @@ def mode(output: Output) -> Tensor:
 
 
 def detach(output: Output) -> Output:
-    return tuple(t.detach() for t in output) if is_gaussian(output) else output.detach()
+    if is_gaussian(output):
+        return output[0].detach(), output[1].detach()
+    return output.detach()

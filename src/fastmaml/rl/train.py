@@ -11,8 +11,14 @@ import signal
 import time
 from pathlib import Path
 
+from typing import cast
+
 import numpy as np
 import torch
+from torch import nn
+
+from fastmaml.core import rules
+from fastmaml.core.execution import Execution
 
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl.evaluate import evaluate
@@ -65,6 +71,7 @@ def build_learner(config: rlcfg.RLConfig, family, seed: int) -> MetaRL:
     env = family.make_env(sample_tasks(family, 1, torch.Generator().manual_seed(seed))[0])
     obs_dim = int(np.prod(env.observation_space.shape))
     torch.manual_seed(seed)
+    policy: nn.Module
     if isinstance(env.action_space, gymnasium().spaces.Discrete):
         from fastmaml.rl.policies import CategoricalPolicy
 
@@ -74,11 +81,16 @@ def build_learner(config: rlcfg.RLConfig, family, seed: int) -> MetaRL:
                                 config.policy.activation, config.policy.init_std)
     learner = MetaRL(policy, config.inner_lr, config.inner_steps, config.first_order, config.gamma,
                      config.gae_lambda, config.trajectories, config.horizon, config.normalize_advantages,
-                     config.execution).to(DTYPES[config.dtype])
+                     cast(Execution, config.execution), inner_rule(config)).to(DTYPES[config.dtype])
     from fastmaml.rl.sampler import check_fits
 
     check_fits(policy, env)
     return learner
+
+
+def inner_rule(config: rlcfg.RLConfig) -> rules.UpdateRule:
+    """The core update rule named by ``config.inner_rule`` at ``config.inner_lr``."""
+    return getattr(rules, config.inner_rule)(config.inner_lr)
 
 
 def trpo_config(config: rlcfg.RLConfig) -> TRPOConfig:
@@ -92,14 +104,15 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
     tasks = sample_tasks(family, config.meta_batch_size, generator)
     train, valid = learner.sample_meta_batch(family, tasks, generator)
     if optimizer is None:
-        new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.params(), trpo_config(config))
+        new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.meta_params(),
+                                trpo_config(config), fisher=lambda p: learner.fisher(p, train, valid))
         _check_finite(record["loss"], new.values(), iteration, kept)
         with torch.no_grad():
-            for name, p in learner.params().items():
+            for name, p in learner.meta_params().items():
                 p.copy_(new[name])
     else:
         optimizer.zero_grad(set_to_none=True)
-        loss, kl = learner.surrogate(learner.params(), train, valid)
+        loss, kl = learner.surrogate(learner.meta_params(), train, valid)
         loss.backward()
         _check_finite(loss.item(), [p.grad for p in learner.params().values() if p.grad is not None], iteration,
                       kept)
@@ -155,8 +168,9 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
         write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
 
     def save() -> None:
-        save_atomic({"policy": learner.policy.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None,
-                     "iteration": iteration, "history": history, "random": random_state({"train": generator})},
+        save_atomic({"policy": learner.policy.state_dict(), "rule": learner.rule_state.state_dict(),
+                     "optimizer": optimizer.state_dict() if optimizer else None, "iteration": iteration,
+                     "history": history, "random": random_state({"train": generator})},
                     run_dir / LAST)
 
     stop = StopRequest()
@@ -193,6 +207,7 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
 def _restore(checkpoint: dict, learner: MetaRL, optimizer, generator: torch.Generator, where: Path):
     try:
         learner.policy.load_state_dict(checkpoint["policy"])
+        learner.rule_state.load_state_dict(checkpoint.get("rule", {}))
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
         restore_random_state(checkpoint["random"], {"train": generator})
@@ -208,7 +223,8 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family) -> None:
     and a random initialisation; both are fine-tuned at test time by the same inner steps."""
     pretrained = build_learner(config, family, config.seed + 1)
     mixture = MetaRL(pretrained.policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
-                     config.trajectories, config.horizon, config.normalize_advantages, config.execution)
+                     config.trajectories, config.horizon, config.normalize_advantages,
+                     cast(Execution, config.execution))  # no inner step in training: the rule plays no part
     generator = torch.Generator().manual_seed(config.seed + 2)
     for i in range(config.baseline_iterations):
         meta_step(mixture, family, config, generator, None, i + 1, "")
@@ -228,6 +244,7 @@ def load(run_dir: str | Path, which: str = "last") -> MetaRL:
     if "policy" not in checkpoint:
         raise ValueError(f"{run_dir / LAST} holds no policy; it was not written by `fastmaml train` for meta-RL")
     learner.policy.load_state_dict(checkpoint["policy"])
+    learner.rule_state.load_state_dict(checkpoint.get("rule", {}))
     return learner
 
 
