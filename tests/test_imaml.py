@@ -16,12 +16,17 @@ def test_conjugate_gradient_solves_an_spd_system_and_survives_a_zero_rhs():
     m = torch.randn(4, 4, dtype=torch.float64)
     a = m @ m.T + torch.eye(4, dtype=torch.float64)
     b = {"x": torch.randn(4, dtype=torch.float64)}
-    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4)
+    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4).x
     torch.testing.assert_close(x["x"], torch.linalg.solve(a, b["x"]), atol=1e-10, rtol=0)
     zero = conjugate_gradient(
         lambda v: {"x": a @ v["x"]}, {"x": torch.zeros(4, dtype=torch.float64)}, steps=3
     )
-    assert torch.equal(zero["x"], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(zero.x["x"], torch.zeros(4, dtype=torch.float64))
+    assert not bool(zero.negative_curvature) and not bool(x_negative(a, b))
+
+
+def x_negative(a, b):
+    return conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4).negative_curvature
 
 
 @pytest.mark.parametrize("execution", ["vmap", "loop"])
@@ -128,5 +133,6 @@ def test_conjugate_gradient_truncates_at_negative_curvature():
     """A = diag(2, -1), b = (1, 1): the first step (p'Ap = 1) gives x = (2, 2); the second direction
     p = (6, 12) has p'Ap = -72, where CG would head off to a saddle: the solve stops at (2, 2)."""
     a = torch.tensor([[2.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
-    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
+    x, negative = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
+    assert bool(negative)
     assert torch.equal(x["x"], torch.tensor([2.0, 2.0], dtype=torch.float64))
