@@ -136,3 +136,11 @@ def test_conjugate_gradient_truncates_at_negative_curvature():
     x, negative = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
     assert bool(negative)
     assert torch.equal(x["x"], torch.tensor([2.0, 2.0], dtype=torch.float64))
+
+
+def test_conjugate_gradient_falls_back_to_b_when_the_first_direction_has_negative_curvature():
+    """b'Ab = -1 < 0 at once: no positive-curvature iterate exists; the result is b (flagged), not 0."""
+    a = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    b = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    x, negative = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=3)
+    assert bool(negative) and torch.equal(x["x"], b["x"])

@@ -50,7 +50,10 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
 
     Truncated at the first direction of non-positive curvature (p'Ap <= 0), where CG's step would
     diverge or go uphill (truncated Newton / Hessian-free, Martens 2010 section 4.6); with a
-    positive-definite ``A`` that never happens. The result says whether it happened.
+    positive-definite ``A`` that never happens. The result says whether it happened. When the very
+    first direction (``b`` itself) already has p'Ap <= 0 there is no iterate to keep, and the solve
+    returns ``b``: for iMAML the first-order meta-gradient (its lam -> infinity limit), instead of
+    silently dropping the task with x = 0.
 
     Example:
         >>> a = torch.tensor([[2.0, 0.0], [0.0, 4.0]])
@@ -62,11 +65,14 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
     rr = _dot(r, r)
     active = torch.ones((), dtype=torch.bool, device=rr.device)
     negative = torch.zeros((), dtype=torch.bool, device=rr.device)
-    for _ in range(steps):
+    first_negative = negative
+    for step in range(steps):
         ap = matvec(p)
         p_ap = _dot(p, ap)
         # A zero residual makes p = 0 and p'Ap = 0 too: that is convergence, not negative curvature.
         negative = negative | (active & (p_ap <= 0) & (rr > 0))
+        if step == 0:
+            first_negative = negative
         # No branching on values (vmap): a zero residual (0/0) or negative curvature steps by zero from here on.
         active = active & (p_ap > 0)
         alpha = torch.where(active, rr / torch.where(active, p_ap, torch.ones_like(p_ap)), torch.zeros_like(rr))
@@ -76,6 +82,7 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
         beta = torch.where(rr > 0, rr_next / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = {n: r[n] + beta * p[n] for n in p}
         rr = rr_next
+    x = {n: torch.where(first_negative, b[n], x[n]) for n in x}
     return CGResult(x, negative)
 
 
