@@ -16,7 +16,7 @@ SMALL = ["iterations=2", "log_every=1", "val_every=1", "val_tasks=2", "eval_task
 
 
 def test_the_recipe_count():
-    assert len(RECIPES) == 9
+    assert len(RECIPES) == 11
 
 
 @pytest.fixture(scope="module")
