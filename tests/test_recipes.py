@@ -45,6 +45,8 @@ def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
         if not OMNIGLOT.is_dir():
             pytest.skip(f"the Omniglot data is not at {OMNIGLOT}")
         overrides += [f"data.root={OMNIGLOT}", "model.filters=8", "meta_batch_size=2"]
+        if recipe.endswith("-reptile"):  # its 50 test-time steps, shortened like the iterations
+            overrides += ["eval_inner_steps=3"]
     elif recipe.startswith("sequence"):
         overrides += ["meta_batch_size=2", "data.eval_query_shots=2"]
     else:
