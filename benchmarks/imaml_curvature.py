@@ -71,39 +71,48 @@ def main() -> None:
         model.load_state_dict({k.removeprefix("model."): v for k, v in fm.load(args.run).state_dict().items()
                                if k.startswith("model.")})
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tasks = fm.Sinusoid(shots=10, dtype=torch.float64).sample_tasks(args.tasks, torch.Generator().manual_seed(args.seed))
-
-    def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
-
+    generator = torch.Generator().manual_seed(args.seed)
+    tasks = fm.Sinusoid(shots=10, dtype=torch.float64).sample_tasks(args.tasks, generator)
     print("| task | amplitude of y | support loss theta -> phi | \\|g_prox\\| theta -> phi | min eig I+H/lam "
           "| CG err (fastmaml) | truncated | plain CG err |")
     print("|---|---|---|---|---|---|---|---|")
     for i in range(args.tasks):
-        sx, sy, qx, qy = tasks.support_x[i], tasks.support_y[i], tasks.query_x[i], tasks.query_y[i]
-        phi, lam = dict(theta), args.lam
-        for _ in range(args.inner_steps):
-            g = torch.func.grad(loss)(phi, sx, sy)
-            step = {n: g[n] + lam * (phi[n] - theta[n]) for n in phi}
-            if args.max_grad_norm:
-                step = clip_by_global_norm(step, args.max_grad_norm)
-            phi = {n: phi[n] - args.inner_lr * step[n] for n in phi}
-        g_start = flat(torch.func.grad(loss)(theta, sx, sy))
-        g_end = torch.func.grad(loss)(phi, sx, sy)
-        prox = flat({n: g_end[n] + lam * (phi[n] - theta[n]) for n in phi})
-        hessian = torch.func.hessian(lambda v: loss(unflat(v, phi), sx, sy))(flat(phi))
-        eye = torch.eye(hessian.shape[0], dtype=torch.float64)
-        a = eye + hessian / lam
-        b = flat(torch.func.grad(loss)(phi, qx, qy))
-        exact = torch.linalg.solve(a, b)
-        shifted = a + args.damping * eye
-        ours = conjugate_gradient(lambda v: unflat(shifted @ flat(v), phi), unflat(b, phi), args.cg_steps)
-        plain = plain_cg(a, b, args.cg_steps)
-        err = lambda g: ((g - exact).norm() / exact.norm()).item()  # noqa: E731
-        print(f"| {i} | {sy.abs().max().item():.2f} | {loss(theta, sx, sy).item():.3f} -> {loss(phi, sx, sy).item():.3f} "
-              f"| {g_start.norm().item():.2f} -> {prox.norm().item():.2f} | {torch.linalg.eigvalsh(a)[0].item():.3f} "
-              f"| {err(flat(ours.x)):.2f} | {bool(ours.negative_curvature)} | {err(plain):.2f} |", flush=True)
+        print(row(i, model, theta, tasks[i], args), flush=True)  # tasks[i]: a one-task batch
 
+
+def row(i: int, model: torch.nn.Module, theta: dict, task: fm.TaskBatch, args: argparse.Namespace) -> str:
+    """One task's line of the table."""
+    sx, sy, qx, qy = task.support_x[0], task.support_y[0], task.query_x[0], task.query_y[0]  # (shots, 1)
+
+    def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+
+    phi, lam = dict(theta), args.lam
+    for _ in range(args.inner_steps):
+        g = torch.func.grad(loss)(phi, sx, sy)
+        step = {n: g[n] + lam * (phi[n] - theta[n]) for n in phi}
+        if args.max_grad_norm:
+            step = clip_by_global_norm(step, args.max_grad_norm)
+        phi = {n: phi[n] - args.inner_lr * step[n] for n in phi}
+    g_start = flat(torch.func.grad(loss)(theta, sx, sy))
+    g_end = torch.func.grad(loss)(phi, sx, sy)
+    prox = flat({n: g_end[n] + lam * (phi[n] - theta[n]) for n in phi})
+    hessian = torch.func.hessian(lambda v: loss(unflat(v, phi), sx, sy))(flat(phi))
+    eye = torch.eye(hessian.shape[0], dtype=torch.float64)
+    a = eye + hessian / lam
+    b = flat(torch.func.grad(loss)(phi, qx, qy))
+    exact = torch.linalg.solve(a, b)
+    shifted = a + args.damping * eye
+    ours = conjugate_gradient(lambda v: unflat(shifted @ flat(v), phi), unflat(b, phi), args.cg_steps)
+    plain = plain_cg(a, b, args.cg_steps)
+
+    def err(g: torch.Tensor) -> float:
+        return ((g - exact).norm() / exact.norm()).item()
+
+    return (f"| {i} | {sy.abs().max().item():.2f} | {loss(theta, sx, sy).item():.3f} -> "
+            f"{loss(phi, sx, sy).item():.3f} | {g_start.norm().item():.2f} -> {prox.norm().item():.2f} | "
+            f"{torch.linalg.eigvalsh(a)[0].item():.3f} | {err(flat(ours.x)):.2f} | "
+            f"{bool(ours.negative_curvature)} | {err(plain):.2f} |")
 
 if __name__ == "__main__":
     sys.exit(main())
