@@ -16,12 +16,17 @@ def test_conjugate_gradient_solves_an_spd_system_and_survives_a_zero_rhs():
     m = torch.randn(4, 4, dtype=torch.float64)
     a = m @ m.T + torch.eye(4, dtype=torch.float64)
     b = {"x": torch.randn(4, dtype=torch.float64)}
-    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4)
+    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4).x
     torch.testing.assert_close(x["x"], torch.linalg.solve(a, b["x"]), atol=1e-10, rtol=0)
     zero = conjugate_gradient(
         lambda v: {"x": a @ v["x"]}, {"x": torch.zeros(4, dtype=torch.float64)}, steps=3
     )
-    assert torch.equal(zero["x"], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(zero.x["x"], torch.zeros(4, dtype=torch.float64))
+    assert not bool(zero.negative_curvature) and not bool(x_negative(a, b))
+
+
+def x_negative(a, b):
+    return conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=4).negative_curvature
 
 
 @pytest.mark.parametrize("execution", ["vmap", "loop"])
@@ -76,6 +81,7 @@ def test_imaml_approaches_maml_as_lambda_grows():
     assert errors[1] < 0.05 * offsets[1]
 
 
+@pytest.mark.filterwarnings("ignore:iMAML. I \\+ H/lam had negative curvature")
 def test_imaml_memory_does_not_grow_with_inner_steps():
     """No graph through the inner loop: the outer loss's graph is the same size for 1 and 20 steps."""
     sizes = []
@@ -128,5 +134,116 @@ def test_conjugate_gradient_truncates_at_negative_curvature():
     """A = diag(2, -1), b = (1, 1): the first step (p'Ap = 1) gives x = (2, 2); the second direction
     p = (6, 12) has p'Ap = -72, where CG would head off to a saddle: the solve stops at (2, 2)."""
     a = torch.tensor([[2.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
-    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
+    x, negative = conjugate_gradient(lambda v: {"x": a @ v["x"]}, {"x": torch.ones(2, dtype=torch.float64)}, steps=10)
+    assert bool(negative)
     assert torch.equal(x["x"], torch.tensor([2.0, 2.0], dtype=torch.float64))
+
+
+def test_conjugate_gradient_falls_back_to_b_when_the_first_direction_has_negative_curvature():
+    """b'Ab = -1 < 0 at once: no positive-curvature iterate exists; the result is b (flagged), not 0."""
+    a = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    b = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    x, negative = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, steps=3)
+    assert bool(negative) and torch.equal(x["x"], b["x"])
+
+
+# -- the implicit gradient of a small nonlinear model against a dense solve (float64) ----------------
+
+
+def _dense_system(model, data, lam, lr, steps):
+    """phi by plain proximal gradient descent, H = the support-loss Hessian at phi (dense), g = grad L_query(phi)."""
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names, shapes = list(theta), [p.shape for p in theta.values()]
+
+    def unflat(v):
+        return dict(zip(names, (c.reshape(s) for c, s in zip(v.split([s.numel() for s in shapes]), shapes))))
+
+    def loss(v, x, y):
+        return F.mse_loss(torch.func.functional_call(model, unflat(v), (x,)), y)
+
+    flat_theta = torch.cat([p.reshape(-1) for p in theta.values()])
+    phi = flat_theta.clone()
+    x, y = data.support_x[0], data.support_y[0]
+    for _ in range(steps):
+        phi = phi - lr * (torch.func.grad(loss)(phi, x, y) + lam * (phi - flat_theta))
+    hessian = torch.autograd.functional.hessian(lambda v: loss(v, x, y), phi)
+    g = torch.func.grad(loss)(phi, data.query_x[0], data.query_y[0])
+    return hessian, g, unflat
+
+
+def _truncated_cg(a, b, steps):
+    """Textbook CG on dense A, stopped before the first direction with p'Ap <= 0 (b if that is the first)."""
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), r @ r
+    for step in range(steps):
+        ap = a @ p
+        if p @ ap <= 0:
+            return b.clone() if step == 0 else x
+        alpha = rr / (p @ ap)
+        x, r = x + alpha * p, r - alpha * ap
+        rr, rr_old = r @ r, rr
+        p = r + rr / rr_old * p
+    return x
+
+
+def _imaml_grad(imaml, data):
+    return torch.cat([g.flatten() for g in grads(imaml, imaml.outer_loss(data)).values()])
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_implicit_gradient_equals_a_dense_solve_on_a_small_mlp(damping, recwarn):
+    """Solved proximal problem (400 steps), positive definite I + H/lam: with as many CG steps as parameters
+    the meta-gradient is ((1 + damping) I + H / lam)^-1 grad L_query(phi) by torch.linalg.solve."""
+    data, lam, lr, steps = batch(tasks=1, shots=6), 4.0, 0.05, 400
+    model = mlp((1, 3, 1))
+    hessian, g, _ = _dense_system(model, data, lam, lr, steps)
+    n = g.numel()
+    a = torch.eye(n, dtype=torch.float64) * (1 + damping) + hessian / lam
+    assert torch.linalg.eigvalsh(a)[0] > 0
+    imaml = IMAML(model, inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=n, damping=damping)
+    torch.testing.assert_close(_imaml_grad(imaml, data), torch.linalg.solve(a, g), atol=1e-8, rtol=1e-8)
+    assert not [w for w in recwarn if "negative curvature" in str(w.message)]
+
+
+def test_an_indefinite_system_is_truncated_and_named_in_one_warning_line():
+    """Small lam and an unsolved inner problem (1 step): I + H/lam is indefinite, the exact 'solve' is not a
+    meta-gradient. The result is CG stopped at the first negative-curvature direction (an independent dense
+    implementation), flagged with a one-line RuntimeWarning naming the knobs."""
+    data, lam, lr, steps = batch(tasks=1, shots=6, seed=3), 0.05, 0.01, 1
+    model = mlp((1, 6, 1))
+    hessian, g, _ = _dense_system(model, data, lam, lr, steps)
+    a = torch.eye(g.numel(), dtype=torch.float64) + hessian / lam
+    assert torch.linalg.eigvalsh(a)[0] < 0  # the indefinite case
+    imaml = IMAML(model, inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=g.numel())
+    with pytest.warns(RuntimeWarning, match=r"negative curvature on 1 of 1 tasks.*Raise lam, set "
+                                            r"algorithm_options.damping") as record:
+        got = _imaml_grad(imaml, data)
+    assert "\n" not in str(record[0].message)
+    torch.testing.assert_close(got, _truncated_cg(a, g, g.numel()), atol=1e-8, rtol=1e-8)
+    assert (got - torch.linalg.solve(a, g)).norm() > 0.1 * got.norm()  # the untruncated solve would differ
+
+
+def test_inner_gradient_clipping_bounds_each_proximal_step():
+    """max_grad_norm: phi <- phi - lr * clip(grad L + lam (phi - theta)) with the global norm over all tensors."""
+    data, lr, lam, clip = batch(), 0.1, 1.0, 0.05
+    imaml = IMAML(mlp(), inner_lr=lr, inner_steps=3, lam=lam, max_grad_norm=clip)
+    theta = {n: p.detach() for n, p in imaml.model.named_parameters()}
+    phi = dict(theta)
+    for _ in range(3):
+        current = {n: p.clone().requires_grad_() for n, p in phi.items()}
+        loss = F.mse_loss(torch.func.functional_call(imaml.model, current, (data.support_x[0],)), data.support_y[0])
+        g = dict(zip(current, torch.autograd.grad(loss, tuple(current.values()))))
+        full = {n: g[n] + lam * (phi[n] - theta[n]) for n in phi}
+        norm = torch.sqrt(sum((t ** 2).sum() for t in full.values()))
+        assert norm > clip  # the clip is active in this test
+        phi = {n: phi[n] - lr * full[n] * clip / norm for n in phi}
+    adapted = imaml.adapt(data.support_x[0], data.support_y[0])
+    for n in phi:
+        torch.testing.assert_close(adapted[n], phi[n], atol=1e-12, rtol=0)
+
+
+def test_damping_and_clipping_reject_bad_values():
+    with pytest.raises(ValueError, match=r"damping=-1.0; it must be a number >= 0 \(0: off\)"):
+        IMAML(mlp(), damping=-1.0)
+    with pytest.raises(ValueError, match="max_grad_norm='x'; it must be a number >= 0"):
+        build("imaml", mlp(), max_grad_norm="x")

@@ -122,7 +122,8 @@ def test_config_overrides_and_errors():
 def test_every_recipe_resolves():
     names = cfg.recipe_names()
     assert names == ["cheetah-dir", "cheetah-vel", "miniimagenet-5w1s", "miniimagenet-5w5s", "nav2d", "omniglot-20w1s",
-                     "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w5s", "sequence-5w1s", "sinusoid"]
+                     "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-imaml", "omniglot-5w1s-reptile", "omniglot-5w5s",
+                     "sequence-5w1s", "sinusoid"]
     for name in names:
         if name in ("nav2d", "cheetah-vel", "cheetah-dir"):  # meta-RL (kind: rl) resolves into its own config
             from fastmaml.rl import config as rlcfg

@@ -1,21 +1,32 @@
 """Reptile: On First-Order Meta-Learning Algorithms (Nichol, Achiam, Schulman 2018, arXiv:1803.02999).
 
-Each task trains a copy of theta for ``inner_steps`` of gradient descent to phi_i; the outer update moves
-theta towards the mean, theta <- theta + epsilon (mean_i phi_i - theta) (Algorithm 2, the batched
-version). Here the outer "gradient" theta - mean_i phi_i is handed to any torch optimizer through a
-surrogate loss (:func:`fastmaml.core.objective.surrogate`): with plain SGD at learning rate epsilon that
-is exactly Algorithm 2.
+Each task trains a copy of theta for ``inner_steps`` steps to phi_i; the outer update moves theta towards
+the mean, theta <- theta + epsilon (mean_i phi_i - theta) (Algorithm 2, the batched version). Here the
+outer "gradient" theta - mean_i phi_i is handed to any torch optimizer through a surrogate loss
+(:func:`fastmaml.core.objective.surrogate`): with plain SGD at learning rate epsilon that is exactly
+Algorithm 2, and ``anneal=True`` anneals epsilon linearly to 0 over the run (the paper's
+``meta-step-final 0``).
 
-Departures from the paper: inner steps are full-batch gradient descent with ``inner_lr`` (the paper uses
-Adam on minibatches; ``rule=fastmaml.core.rules.adam(...)`` gives that), and by default the inner loop
-trains on the whole task, support and query concatenated (the paper has no query split during
-meta-training; ``use_query=False`` trains on the support set only). Evaluation (:meth:`task_losses`)
-adapts on the support set and scores the query set.
+The paper's regime (its openai/supervised-reptile settings): ``inner_optimizer="adam"`` (Adam with
+beta1 = 0 at rate ``inner_lr``), ``inner_batch`` examples per inner step, each step on the next
+minibatch of the task's examples, and more inner steps at meta-test (the trainer's
+``eval_inner_steps``). The recipe ``omniglot-5w1s-reptile`` sets all of it.
+
+Departures from the paper: (1) the Adam state (moments, step count) starts afresh for every task; the
+paper's TensorFlow code restores only the model's variables between tasks, so its Adam moments run on
+across tasks. (2) Minibatches are strided, not shuffled: step ``s`` takes every m-th example starting at
+``s mod m`` (m = minibatches per pass), so with class-ordered examples each minibatch holds every class
+in proportion, and no random numbers are drawn inside the vmapped per-task function. (3) By default the
+inner loop trains on the whole task, support and query concatenated (the paper has no query split
+during meta-training; ``use_query=False`` trains on the support set only). Evaluation
+(:meth:`task_losses`) adapts on the support set with the same rule, full batch, and scores the query set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Hashable
 from dataclasses import KW_ONLY
 from typing import Any
@@ -23,10 +34,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastmaml.algorithms.maml import MAML, FirstOrderOptions
+from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions
 from fastmaml.core import inner
 from fastmaml.core.objective import TaskContext, surrogate
-from fastmaml.core.params import detached
+from fastmaml.core.params import Params, detached
+from fastmaml.core.rules import UpdateRule, adam
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+def minibatch_rows(examples: int, batch: int, step: int) -> slice:
+    """The rows of inner step ``step`` when each pass over ``examples`` rows is cut into minibatches of
+    about ``batch``: every m-th row from ``step mod m`` (m = ceil(examples / batch)); 0 = full batch.
+
+    Example:
+        >>> minibatch_rows(50, 10, 1)
+        slice(1, None, 5)
+    """
+    if batch <= 0 or batch >= examples:
+        return slice(None)
+    passes = math.ceil(examples / batch)
+    return slice(step % passes, None, passes)
+
+
+def adapt_minibatches(ctx: TaskContext, x: Tensor, y: Tensor, batch: int) -> Params:
+    """``ctx.steps`` inner updates from ``ctx.params``, step ``s`` on the minibatch :func:`minibatch_rows` picks."""
+    params = ctx.params
+    state = inner.init_state(ctx.spec, params)
+    for step in range(ctx.steps):
+        rows = minibatch_rows(x.shape[0], batch, step)
+        params, state = inner.inner_step(ctx.spec, params, ctx.buffers, ctx.learned, state, x[rows], y[rows], step)
+    return params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +72,11 @@ class ReptileObjective:
     """Per task: the query loss of phi (to log), with gradient theta - phi (the Reptile direction)."""
 
     use_query: bool = True
+    inner_batch: int = 0
 
     @property
     def key(self) -> Hashable:
-        return ("reptile", self.use_query)
+        return ("reptile", self.use_query, self.inner_batch)
 
     def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         support_x, support_y, query_x, query_y = task
@@ -48,7 +87,7 @@ class ReptileObjective:
         # the vmapped inner loop 3-4x cheaper; the core's torch.func.grad ignores an outer no_grad).
         with torch.no_grad():
             start = detached(ctx.params)
-            phi = inner.adapt(ctx.spec, start, ctx.buffers, ctx.learned, x, y, ctx.steps)
+            phi = adapt_minibatches(ctx._replace(params=start), x, y, self.inner_batch)
             loss = inner.loss_of(ctx.spec, phi, ctx.buffers, query_x, query_y)
         return surrogate(loss, ctx.params, {n: start[n] - phi[n] for n in ctx.params}), ()
 
@@ -58,20 +97,37 @@ class ReptileOptions(FirstOrderOptions):
     inner_steps: int = 5
     _: KW_ONLY
     use_query: bool = True
+    inner_optimizer: str = "sgd"
+    inner_batch: int = 0
+    anneal: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner_optimizer={self.inner_optimizer!r}; use one of {', '.join(INNER_OPTIMIZERS)}")
+        if self.inner_optimizer != "sgd" and self.rule is not None:
+            raise ValueError("give either rule=... or inner_optimizer=..., not both")
+        if isinstance(self.inner_batch, bool) or not isinstance(self.inner_batch, numbers.Integral) \
+                or self.inner_batch < 0:
+            raise ValueError(f"inner_batch={self.inner_batch!r}; give an integer >= 0 (0: the whole task)")
 
 
 class Reptile(MAML):
     """First-order meta-learning by moving the initialisation towards task-adapted weights.
 
     Options: ``use_query``, train the inner loop on support and query together (default) or support
-    only; the others as :class:`MAML` (the inner loop is always first-order).
+    only; ``inner_optimizer``, ``"sgd"`` (rate ``inner_lr``) or ``"adam"`` (the paper's: Adam with
+    beta1 = 0, rate ``inner_lr``); ``inner_batch``, examples per inner step (0: all of them);
+    ``anneal``, anneal the outer learning rate linearly to 0 over the run. The others as :class:`MAML`
+    (the inner loop is always first-order).
 
     ``outer_loss`` returns the mean query loss of the adapted weights (a number to log), built so that
     its gradient w.r.t. each parameter is exactly ``theta - mean_i phi_i``.
 
     Example:
         >>> import torch, fastmaml as fm
-        >>> reptile = Reptile(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01, inner_steps=5)
+        >>> reptile = Reptile(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.001, inner_steps=5,
+        ...                   inner_optimizer="adam", inner_batch=10)
         >>> reptile.outer_loss(fm.Sinusoid().sample_tasks(5, torch.Generator().manual_seed(0))).backward()
     """
 
@@ -81,4 +137,19 @@ class Reptile(MAML):
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.use_query = bool(self.options.use_query)
-        self.objective = ReptileObjective(self.use_query)
+        self.objective = ReptileObjective(self.use_query, int(self.options.inner_batch))
+
+    def inner_rule(self, options: MetaOptions) -> UpdateRule:
+        if getattr(options, "inner_optimizer", "sgd") == "adam":
+            # beta1 = 0: the paper's setting (supervised-reptile's AdamOptimizer(beta1=0)).
+            return adam(options.inner_lr, betas=(0.0, 0.999))
+        return super().inner_rule(options)
+
+    def scheduler(
+        self, optimizer: torch.optim.Optimizer, iterations: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """With ``anneal``: epsilon_t = epsilon (1 - t / iterations), the paper's linear schedule to 0."""
+        if not self.options.anneal:
+            return None
+        total = max(int(iterations), 1)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1.0 - t / total))

@@ -113,20 +113,40 @@ def per_step(lr: float, steps: int) -> UpdateRule:
     return UpdateRule("per_step", update, learned=learned)
 
 
-def proximal(lr: float, lam: float) -> UpdateRule:
+def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
+    """``grads`` scaled by min(1, max_norm / ||grads||), the norm taken over every tensor together.
+
+    Example:
+        >>> clip_by_global_norm({"w": torch.tensor([3.0, 4.0])}, 1.0)["w"]
+        tensor([0.6000, 0.8000])
+    """
+    norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))  # type: ignore[arg-type]
+    # no branching on the value (vmap): the factor is exactly 1 under the threshold
+    scale = torch.clamp(max_norm / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny), max=1.0)
+    return {name: g * scale for name, g in grads.items()}
+
+
+def proximal(lr: float, lam: float, max_grad_norm: float | None = None) -> UpdateRule:
     """iMAML's inner rule (arXiv:1909.04630): gradient descent on L(phi) + lam/2 ||phi - theta||^2.
 
     The anchor theta is the per-task state: the parameters the task's adaptation starts from.
+    ``max_grad_norm`` clips the whole proximal gradient to that global norm (the paper's appendix
+    suggests gradient clipping or a step-size check to keep the inner solver stable).
     """
     if lam <= 0:
         raise ValueError(f"lam={lam!r}; the proximal strength lambda must be > 0")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={max_grad_norm!r}; give a number > 0, or None for no clipping")
 
     def init(params: Params) -> ProximalState:
         return ProximalState(dict(params))
 
     def update(grads: Params, state: ProximalState, params: Params, learned: Params, step: int):
         anchor = state.anchor
-        return {name: p - lr * (grads[name] + lam * (p - anchor[name])) for name, p in params.items()}, state
+        full = {name: grads[name] + lam * (p - anchor[name]) for name, p in params.items()}
+        if max_grad_norm is not None:
+            full = clip_by_global_norm(full, max_grad_norm)
+        return {name: p - lr * full[name] for name, p in params.items()}, state
 
     return UpdateRule("proximal", update, init=init)
 
