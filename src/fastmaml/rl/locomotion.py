@@ -56,7 +56,9 @@ def cheetah_model():
     return mujoco.MjModel.from_xml_path(path)
 
 
-def _make_reward_wrapper():
+@functools.lru_cache(maxsize=1)
+def _reward_wrapper():
+    """The wrapper class, defined once gymnasium is imported (it is an optional dependency)."""
     gym = gymnasium()
 
     class TaskReward(gym.Wrapper):  # type: ignore[name-defined]  # gymnasium is imported lazily
@@ -106,7 +108,7 @@ class _HalfCheetahTasks:
         def reward(velocity: float, action: np.ndarray) -> float:
             return float(family.task_reward([task], np.array([velocity]), action.reshape(1, -1))[0])
 
-        return _make_reward_wrapper()(env, reward)
+        return _reward_wrapper()(env, reward)
 
     # -- every task's trajectories at once -------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class _HalfCheetahTasks:
         per_env = [task for task in tasks for _ in range(trajectories)]
         state = self._start(model, envs, generator)
         dt = model.opt.timestep * FRAME_SKIP
+        ones = torch.ones(len(tasks), trajectories, dtype=dtype)  # no termination: every step counts
         steps = []
         for t in range(horizon):
             obs = torch.as_tensor(_observation(state), dtype=dtype).view(len(tasks), trajectories, -1)
@@ -138,7 +141,6 @@ class _HalfCheetahTasks:
                                  "are out of the model's range: lower the inner or outer step size")
             velocity = (new_state[:, 1] - state[:, 1]) / dt
             reward = self.task_reward(per_env, velocity, applied)
-            ones = torch.ones(len(tasks), trajectories, dtype=dtype)
             steps.append((obs, actions, torch.as_tensor(reward, dtype=dtype).view(len(tasks), trajectories),
                           ones, output))
             state = new_state
