@@ -42,8 +42,9 @@ PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "learn2learn-r
 class _Clock(io.TextIOBase):
     """Stdout that notes when the script prints each iteration's reward."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, save_policies: Path | None = None, last: int | None = None) -> None:
         self.out, self.buffer, self.start, self.iteration = out, "", time.perf_counter(), None
+        self.save_policies, self.last = save_policies, last
 
     def write(self, text: str) -> int:
         self.buffer += text
@@ -61,7 +62,22 @@ class _Clock(io.TextIOBase):
                     f.write(json.dumps(record) + "\n")
                 sys.__stdout__.write(json.dumps(record) + "\n")
                 sys.__stdout__.flush()
+                if self.save_policies is not None and POLICIES:
+                    # printed after sampling, before this iteration's update: the policy has had
+                    # `iteration` TRPO updates (policy-0.pt is the initialisation)
+                    import torch
+
+                    torch.save(POLICIES[0].state_dict(), self.save_policies / f"policy-{self.iteration}.pt")
+                if self.iteration == self.last:
+                    raise _Done
         return len(text)
+
+
+POLICIES: list = []  # the script's policy (its TRPO updates are in place), recorded at construction
+
+
+class _Done(Exception):
+    """Raised once the last requested policy is saved: the script's next update would be wasted work."""
 
 
 def _children_cpu() -> float:
@@ -84,6 +100,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--meta-bsz", type=int, default=20, help="the script's meta_bsz (tasks per iteration)")
+    parser.add_argument("--adapt-bsz", type=int, default=20, help="the script's adapt_bsz (episodes per task)")
+    parser.add_argument("--workers", type=int, default=10, help="the script's num_workers")
+    parser.add_argument("--save-policies", type=Path, default=None,
+                        help="folder for policy-K.pt, the policy's state_dict after K updates, K = 0..iterations "
+                             "(benchmarks/rl_peer_returns.py evaluates them); the run stops after the last")
     args = parser.parse_args()
     import cherry
 
@@ -102,15 +124,32 @@ def main() -> None:
     sys.path.insert(0, str(PEER))
     import maml_trpo
 
+    class RecordedPolicy(maml_trpo.DiagNormalPolicy):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            POLICIES.append(self)
+
+    maml_trpo.DiagNormalPolicy = RecordedPolicy  # deepcopies (the per-task clones) skip __init__
+    if args.save_policies is not None:
+        args.save_policies.mkdir(parents=True, exist_ok=True)
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("")
-    clock = _Clock(args.out)
+    clock = _Clock(args.out, args.save_policies, args.iterations if args.save_policies is not None else None)
     sys.stdout = clock
     try:
         # Each record is written when the script prints the iteration's reward, after sampling; the TRPO
         # update of iteration k ends when iteration k+1's sampling starts, so per-iteration time is the
         # difference of consecutive records (the first one also includes the start-up).
-        maml_trpo.main(num_iterations=args.iterations + 1, seed=args.seed)
+        maml_trpo.main(num_iterations=args.iterations + 1, seed=args.seed, meta_bsz=args.meta_bsz,
+                       adapt_bsz=args.adapt_bsz, num_workers=args.workers)
+    except _Done:
+        sys.stdout = sys.__stdout__
+        import multiprocessing
+
+        for worker in multiprocessing.active_children():  # the script's sampling workers
+            worker.terminate()
+        os._exit(0)  # skip the script's remaining teardown
     finally:
         sys.stdout = sys.__stdout__
 

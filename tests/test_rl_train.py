@@ -46,6 +46,14 @@ def test_train_writes_a_run_and_evaluates_it(run):
     for result in results.values():
         assert [r["steps"] for r in result["returns"]] == [0, 1]
         assert all(math.isfinite(r["mean"]) and r["ci95"] >= 0 for r in result["returns"])
+    # paired differences against the meta-learned policy, task by task: their mean is the difference of means
+    for name in ("pretrained", "random"):
+        paired = results[name]["paired"]
+        assert paired["minuend"] == "maml"
+        for row, mine, theirs in zip(paired["returns"], results["maml"]["returns"], results[name]["returns"]):
+            assert row["mean"] == pytest.approx(mine["mean"] - theirs["mean"], abs=1e-9)
+            assert row["ci95"] >= 0
+    assert "paired" not in results["maml"] and "paired" not in results["oracle"]
     # the oracle walks straight to the goal: better than any of the untrained policies
     assert results["oracle"]["returns"][0]["mean"] > results["random"]["returns"][0]["mean"]
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
