@@ -82,7 +82,8 @@ def main() -> None:
     ref = args.impls[-1]
     print(f"# commit {git_commit()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"python {platform.python_version()}, torch {torch.__version__}, threads {args.threads}, "
-          f"rounds {args.rounds} x block {args.block}, gc {args.gc}, warmup {args.warmup_s:.0f} s each, workload {args.workload}, order {args.order}, "
+          f"rounds {args.rounds} x block {args.block}, gc {args.gc}, warmup {args.warmup_s:.0f} s each, "
+          f"workload {args.workload}, order {args.order}, "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"| implementation (path) | median ms | min ms | median CPU ms | vs {ref}: median of per-round ratios "
           "(wall / CPU) | ratio of medians | ratio of minima | first loss |")
