@@ -227,6 +227,14 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, override, message):
     assert not out.exists()
 
 
+def test_nproc_per_node_on_a_meta_rl_recipe_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "nav2d", "--nproc-per-node", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "threads=2" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_failing_run_keeps_its_last_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("iterations")]

@@ -83,49 +83,78 @@ def _launch(args: argparse.Namespace) -> int:
     return distributed.launch([*argv, *(["--no-progress"] if args.no_progress else [])], args.nproc_per_node)
 
 
+class _Supervised:
+    """The supervised kind of run, as :mod:`fastmaml.rl.cli` describes the meta-RL kind."""
+
+    @staticmethod
+    def train(recipe: str, overrides: list[str], out: Path, overwrite: bool, progress: bool) -> dict | None:
+        from fastmaml.train import config as cfg
+        from fastmaml.train import run as runs
+
+        return runs.train(cfg.resolve(recipe, overrides), out, overwrite=overwrite, progress=progress)
+
+    @staticmethod
+    def resume(run_dir: Path, progress: bool) -> dict | None:
+        from fastmaml.train import run as runs
+
+        return runs.train(None, run_dir, resume=True, progress=progress)
+
+    @staticmethod
+    def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None) -> dict:
+        from fastmaml.train import run as runs
+
+        return runs.evaluate_run(run_dir, tasks, steps)
+
+    @staticmethod
+    def plot_run(run_dir: Path, out: Path | None) -> Path:
+        from fastmaml.plot import plot_run
+
+        return plot_run(run_dir, out)
+
+    summary = staticmethod(_summary)
+
+
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     _require_cli_extra()
     from fastmaml.train import config as cfg
-    from fastmaml.train import run as runs
 
     from fastmaml.rl import cli as rl_cli  # meta-RL recipes and runs (kind: rl) have their own trainer
-
-    if rl_cli.handles(args):
-        return rl_cli.run(args)
 
     if args.command == "recipes":
         for name in cfg.recipe_names():
             print(f"{name:<20} {cfg.recipe_summary(name)}")
         return 0
+    kind = rl_cli if rl_cli.handles(args) else _Supervised
     if args.command == "train" and args.nproc_per_node is not None and args.nproc_per_node != 1:
+        if kind is rl_cli:
+            raise ValueError("meta-RL recipes train in one process; drop --nproc-per-node and give both cores "
+                             "to it with threads=2")
         return _launch(args)
     if args.command == "train":
+        progress = not args.no_progress
         if args.resume is not None:
             if args.recipe or args.overrides:
                 raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
-            results = runs.train(None, args.resume, resume=True, progress=not args.no_progress)
+            results = kind.resume(args.resume, progress)
         else:
             if args.recipe is None:
                 raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
             if "=" in args.recipe:
                 raise ValueError(f"{args.recipe!r} looks like an override; put the recipe name first")
-            config = cfg.resolve(args.recipe, args.overrides)
             out = args.out or Path("runs") / Path(args.recipe).stem
-            results = runs.train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
+            results = kind.train(args.recipe, args.overrides, out, args.overwrite, progress)
             if os.environ.get("RANK", "0") == "0":
                 print(f"run folder: {out}")
         if results:
-            print(_summary(results))
+            print(kind.summary(results))
         return 0
     if args.command == "eval":
-        results = runs.evaluate_run(args.run_dir, args.tasks, args.steps)
-        print(json.dumps(results, indent=1) if args.json else _summary(results))
+        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps)
+        print(json.dumps(results, indent=1) if args.json else kind.summary(results))
         return 0
     if args.command == "plot":
-        from fastmaml.plot import plot_run
-
-        print(plot_run(args.run_dir, args.out))
+        print(kind.plot_run(args.run_dir, args.out))
         return 0
     raise AssertionError(args.command)
 

@@ -1,9 +1,10 @@
-"""The ``fastmaml`` command for meta-RL recipes and runs (``kind: rl``); :mod:`fastmaml.cli` routes here."""
+"""What the ``fastmaml`` command needs to know about meta-RL recipes and runs (``kind: rl``):
+whether a command concerns one, and the functions that train, evaluate, plot and summarise it.
+:mod:`fastmaml.cli` dispatches every kind of run with the same code."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fastmaml.rl import config as rlcfg
@@ -18,32 +19,31 @@ def handles(args: argparse.Namespace) -> bool:
     return False
 
 
-def run(args: argparse.Namespace) -> int:
+def train(recipe: str, overrides: list[str], out: Path, overwrite: bool, progress: bool) -> dict | None:
     from fastmaml.rl import train as runs
+
+    return runs.train(rlcfg.resolve(recipe, overrides), out, overwrite=overwrite, progress=progress)
+
+
+def resume(run_dir: Path, progress: bool) -> dict | None:
+    from fastmaml.rl import train as runs
+
+    return runs.train(None, run_dir, resume=True, progress=progress)
+
+
+def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None) -> dict:
+    from fastmaml.rl.train import evaluate_run as evaluate
+
+    return evaluate(run_dir, tasks, steps)
+
+
+def plot_run(run_dir: Path, out: Path | None) -> Path:
+    from fastmaml.rl.plot import plot_run as plot
+
+    return plot(run_dir, out)
+
+
+def summary(results: dict) -> str:
     from fastmaml.rl.evaluate import format_table
 
-    if args.command == "train":
-        if args.resume is not None:
-            if args.recipe or args.overrides:
-                raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
-            results = runs.train(None, args.resume, resume=True, progress=not args.no_progress)
-        else:
-            if "=" in args.recipe:
-                raise ValueError(f"{args.recipe!r} looks like an override; put the recipe name first")
-            config = rlcfg.resolve(args.recipe, args.overrides)
-            out = args.out or Path("runs") / Path(args.recipe).stem
-            results = runs.train(config, out, overwrite=args.overwrite, progress=not args.no_progress)
-            print(f"run folder: {out}")
-        if results is not None:
-            print(format_table(results))
-        return 0
-    if args.command == "eval":
-        results = runs.evaluate_run(args.run_dir, args.tasks, args.steps)
-        print(json.dumps(results, indent=1) if args.json else format_table(results))
-        return 0
-    if args.command == "plot":
-        from fastmaml.rl.plot import plot_run
-
-        print(plot_run(args.run_dir, args.out))
-        return 0
-    raise AssertionError(args.command)
+    return format_table(results)
