@@ -86,6 +86,16 @@ def test_auto_compiles_once_eager_time_would_pay_for_it_and_never_the_conv_loop(
         fm.MAML(mlp(), compile="sometimes")
 
 
+def test_the_compiled_step_keeps_no_growing_record():
+    maml = fm.MAML(mlp(), 0.1, 1, compile=True)
+    maml.engine.compile_options = {"backend": "aot_eager"}
+    data = sinusoid_batch(tasks=3)
+    for _ in range(3 * compiled._TRIALS):
+        maml.outer_loss(data).backward()
+    assert maml.engine.last_path == "compiled"
+    assert [len(timed) for timed in maml.engine._compiled_s.values()] == [compiled._TRIALS + 1]
+
+
 def test_compile_failure_warns_once_and_runs_eagerly(monkeypatch):
     maml = fm.MAML(mlp(), 0.01, 1, False, F.mse_loss, compile=True)
     data = sinusoid_batch(tasks=3)
