@@ -36,7 +36,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import cast
 
 import math
 
@@ -45,9 +44,8 @@ from torch import nn
 
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl.evaluate import evaluate, format_table
-from fastmaml.core.execution import Execution
 from fastmaml.rl.learner import MetaRL
-from fastmaml.rl.train import TEST_STREAM, build_family, build_learner, inner_rule, meta_step
+from fastmaml.rl.train import TEST_STREAM, build_family, build_learner, meta_step
 
 PEER_SETTINGS = ["gamma=0.95", "gae_lambda=1.0", "max_kl=0.01", "cg_iters=10", "cg_damping=0.00001", "ls_ratio=0.5",
                  "ls_steps=15", "meta_batch_size=20", "trajectories=20", "horizon=100", "inner_steps=1"]
@@ -67,11 +65,12 @@ class Scaled(nn.Module):
 
 def scaled_learner(config, family, seed: int, state: dict, scale: float) -> MetaRL:
     """fastmaml's learner for ``config`` with the policy acting through :class:`Scaled`, from ``state``."""
-    plain = build_learner(config, family, seed)
-    plain.policy.load_state_dict(state)
-    return MetaRL(Scaled(plain.policy, scale), config.inner_lr, config.inner_steps, config.first_order, config.gamma,
-                  config.gae_lambda, config.trajectories, config.horizon, config.normalize_advantages,
-                  cast(Execution, config.execution), inner_rule(config))
+
+    def wrap(policy: nn.Module) -> nn.Module:
+        policy.load_state_dict(state)
+        return Scaled(policy, scale)
+
+    return build_learner(config, family, seed, wrap)
 
 
 def peer_state(path: Path) -> dict:

@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -64,8 +65,10 @@ def build_family(config: rlcfg.RLConfig):
     return family
 
 
-def build_learner(config: rlcfg.RLConfig, family, seed: int) -> MetaRL:
-    """The policy (initialised from ``seed``) for the family's spaces, inside its learner."""
+def build_learner(config: rlcfg.RLConfig, family, seed: int,
+                  wrap: Callable[[nn.Module], nn.Module] | None = None) -> MetaRL:
+    """The policy (initialised from ``seed``; ``wrap(policy)`` when given) for the family's spaces, inside
+    its learner."""
     from fastmaml.rl._gym import gymnasium
 
     env = family.make_env(sample_tasks(family, 1, torch.Generator().manual_seed(seed))[0])
@@ -79,6 +82,8 @@ def build_learner(config: rlcfg.RLConfig, family, seed: int) -> MetaRL:
     else:
         policy = GaussianPolicy(obs_dim, int(np.prod(env.action_space.shape)), config.policy.hidden,
                                 config.policy.activation, config.policy.init_std)
+    if wrap is not None:
+        policy = wrap(policy)
     learner = MetaRL(policy, config.inner_lr, config.inner_steps, config.first_order, config.gamma,
                      config.gae_lambda, config.trajectories, config.horizon, config.normalize_advantages,
                      cast(Execution, config.execution), inner_rule(config)).to(DTYPES[config.dtype])
