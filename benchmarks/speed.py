@@ -167,7 +167,7 @@ def timed(spec: dict, context=None) -> dict:  # type: ignore[no-untyped-def]
         loss = local_step()
         if context is None:
             return loss
-        return context.allreduce_grads(owner.parameters(), loss, len(batch), tasks)[0]
+        return context.allreduce_grads(owner.parameters(), loss)[0]
 
     # Fused Adam for every implementation: 48 instead of 158 us per step on the MLP, same update.
     opt = torch.optim.Adam(owner.parameters(), lr=1e-3, fused=True)

@@ -186,8 +186,8 @@ def test_the_flag_is_refused_inside_a_launched_job(monkeypatch, tmp_path, capsys
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd", "mamlpp", "reptile", "imaml"])
 def test_uneven_shards_all_reduced_are_the_global_mean(name):
-    """Each rank's weighted local mean gradient sums to the single-process meta-gradient, shares 2, 2, 1, 1,
-    for every algorithm (each one's outer loss is a mean over tasks)."""
+    """The ranks' shard meta-gradients sum to the single-process meta-gradient, shares 2, 2, 1, 1, for every
+    algorithm: a shard's outer loss is its share of the whole batch's mean (its task losses over 6)."""
     algorithm = fastmaml.build(name, fastmaml.models.MLP([1, 8, 8, 1]).double(), inner_lr=0.1, inner_steps=2)
     batch = fastmaml.Sinusoid(dtype=torch.float64).sample_tasks(6, torch.Generator().manual_seed(0))
     params = [p for p in algorithm.parameters() if p.requires_grad]
@@ -197,13 +197,44 @@ def test_uneven_shards_all_reduced_are_the_global_mean(name):
     shards = [distributed.Context(rank, 4).shard(batch) for rank in range(4)]
     assert [len(s) for s in shards] == [2, 2, 1, 1]
     assert torch.equal(torch.cat([s.support_x for s in shards]), batch.support_x)  # contiguous, in order
+    assert [s.denominator for s in shards] == [6] * 4
     for shard in shards:
         algorithm.zero_grad()
         algorithm.outer_loss(shard).backward()
-        summed = [s + p.grad * len(shard) / len(batch) for s, p in zip(summed, params)]
+        summed = [s + p.grad for s, p in zip(summed, params)]
     for a, b in zip(summed, full):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     assert any(g.abs().max() > 1e-6 for g in full)
+
+
+@pytest.mark.parametrize("path", [dict(execution="loop"), dict(execution="vmap", compile=True)])
+def test_shards_sum_to_the_whole_batch_on_the_loop_and_compiled_paths(path):
+    """The loop path and the compiled step divide a shard's task losses by the whole batch's count too."""
+    maml = fastmaml.MAML(fastmaml.models.MLP([1, 8, 8, 1]).double(), inner_lr=0.1, inner_steps=1, **path)
+    batch = fastmaml.Sinusoid(dtype=torch.float64).sample_tasks(6, torch.Generator().manual_seed(1))
+    params = [p for p in maml.parameters() if p.requires_grad]
+
+    def meta_gradient(tasks):
+        for _ in range(2):  # compile=True: a shape's first call runs eagerly, the second compiled
+            maml.zero_grad()
+            loss = maml.outer_loss(tasks)
+            loss.backward()
+        assert maml.engine.last_path == ("compiled" if path.get("compile") else "loop")
+        return loss.item(), [p.grad.clone() for p in params]
+
+    loss, full = meta_gradient(batch)
+    shards = [meta_gradient(batch.shard(rank, 2)) for rank in range(2)]
+    assert sum(shard_loss for shard_loss, _ in shards) == pytest.approx(loss, rel=1e-12)
+    for name, whole, *parts in zip(dict(maml.named_parameters()), full, *(g for _, g in shards)):
+        torch.testing.assert_close(sum(parts), whole, rtol=1e-12, atol=1e-15, msg=name)
+
+
+def test_a_shard_keeps_its_total_through_to_and_checks_it():
+    batch = TaskBatch(*[torch.zeros(5, 2, 1)] * 4)
+    assert batch.shard(1, 2).to(torch.float64).denominator == 5
+    assert batch[1:3].denominator == 2  # indexing makes a batch of its own
+    with pytest.raises(ValueError, match="TaskBatch.total=1 is below its 5 tasks"):
+        TaskBatch(*[torch.zeros(5, 2, 1)] * 4, total=1)
 
 
 @pytest.mark.parametrize("tasks, world, sizes", [(25, 2, [13, 12]), (5, 5, [1] * 5), (7, 3, [3, 2, 2]),

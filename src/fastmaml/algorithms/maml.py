@@ -179,7 +179,8 @@ class MAML(nn.Module):
     # -- the outer loop --------------------------------------------------------------------------------
 
     def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None, graph: bool = False) -> Tensor:
-        """Mean over the meta-batch of the objective (MAML: the query loss after adaptation).
+        """Mean over the meta-batch of the objective (MAML: the query loss after adaptation); for a shard
+        of a larger meta-batch (``batch.total`` set by ``TaskBatch.shard``), its share of the whole mean.
 
         ``.backward()`` puts the meta-gradient in ``.grad``; it was computed by the fastest exact path
         when the loss was built. ``graph=True`` returns the plain autograd graph instead, for
@@ -187,7 +188,7 @@ class MAML(nn.Module):
         """
         ctx = self._prepare(batch, inner_steps)
         objective = self.outer_objective(ctx.steps)
-        loss, aux = self.engine.loss(objective, ctx, batch.tensors(), graph=graph)
+        loss, aux = self.engine.loss(objective, ctx, batch.tensors(), graph, batch.denominator)
         finish = getattr(objective, "finish", None)
         if finish is not None and len(batch):
             finish(aux)

@@ -75,6 +75,11 @@ def _flat(objective: Objective, ctx: TaskContext) -> Callable[..., tuple[Tensor,
     return per_task
 
 
+def _reduce(losses: Tensor, over: int | None) -> Tensor:
+    """The mean of the task losses, or their sum over ``over`` (a shard of a larger meta-batch)."""
+    return losses.mean() if over is None else losses.sum() / over
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -108,12 +113,19 @@ class OuterEngine:
 
     # -- the public entry ------------------------------------------------------------------------------
 
-    def loss(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...], graph: bool = False
-             ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The mean per-task loss (with its meta-gradient attached, see the module docstring) and the aux."""
+    def loss(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...], graph: bool = False,
+             denominator: int | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The mean per-task loss (with its meta-gradient attached, see the module docstring) and the aux.
+
+        ``denominator``: divide the summed task losses by this count instead of taking their mean (a shard
+        of a larger meta-batch, :meth:`fastmaml.tasks.TaskBatch.shard`: every task keeps the weight it has
+        in the whole batch, so the shards' meta-gradients add up to the whole batch's).
+        """
         leaves = {("params", n): p for n, p in ctx.params.items() if p.requires_grad}
         leaves.update({("learned", n): r for n, r in ctx.learned.items() if r.requires_grad})
-        if tensors[0].shape[0] == 0:  # no task (a rank of a meta-batch smaller than the world): contributes 0
+        tasks = tensors[0].shape[0]
+        over = None if denominator is None or denominator == tasks else denominator
+        if tasks == 0:  # no task (a rank of a meta-batch smaller than the world): contributes 0
             zero = torch.zeros((), dtype=next(iter(ctx.params.values())).dtype, device=tensors[0].device)
             self.last_path = "empty"
             if not (torch.is_grad_enabled() and leaves):
@@ -124,12 +136,12 @@ class OuterEngine:
             with torch.no_grad():
                 losses, aux = self._map(objective, ctx, tensors)
             self.last_path = "no_grad"
-            return losses.mean(), aux
+            return _reduce(losses, over), aux
         if graph or any(t.requires_grad for t in tensors):
             losses, aux = self._map(objective, ctx, tensors)
             self.last_path = "graph"
-            return losses.mean(), aux
-        value, grads, aux = self._value_and_grad(objective, ctx, tensors, leaves)
+            return _reduce(losses, over), aux
+        value, grads, aux = self._value_and_grad(objective, ctx, tensors, leaves, over)
         return MetaGradient.apply(value, tuple(grads.get(k) for k in leaves), *leaves.values()), aux
 
     # -- the paths -------------------------------------------------------------------------------------
@@ -139,12 +151,12 @@ class OuterEngine:
             losses, *aux = self.mapper(_flat(objective, ctx), *tensors)
         return losses, tuple(aux)
 
-    def _value_and_grad(self, objective, ctx, tensors, leaves):
+    def _value_and_grad(self, objective, ctx, tensors, leaves, over: int | None):
         execution = self.mapper.resolve(*tensors)
-        key = self._key(objective, ctx, tensors, execution)
+        key = self._key(objective, ctx, tensors, execution, over)
         if key is not None and self._use_compiled(key, execution):
             start = time.perf_counter()
-            result = self._run_compiled(key, objective, ctx, tensors)
+            result = self._run_compiled(key, objective, ctx, tensors, over)
             if result is not None:
                 timed = self._compiled_s.setdefault(key, [])
                 if len(timed) <= _TRIALS:  # the compiling call and the trials; nothing after (no growth)
@@ -154,10 +166,10 @@ class OuterEngine:
                 return result
         start = time.perf_counter()
         if execution == "loop":
-            result = self._loop(objective, ctx, tensors, leaves)
+            result = self._loop(objective, ctx, tensors, leaves, over)
         else:
             losses, aux = self._map(objective, ctx, tensors)
-            value = losses.mean()
+            value = _reduce(losses, over)
             grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
             result = value.detach(), dict(zip(leaves, grads)), tuple(a.detach() for a in aux)
             self.last_path = "vmap" if self.mapper.execution == "vmap" else "loop-graph"
@@ -169,31 +181,32 @@ class OuterEngine:
             self._eager_total[key] = (calls + 1, total + elapsed)
         return result
 
-    def _loop(self, objective, ctx, tensors, leaves):
+    def _loop(self, objective, ctx, tensors, leaves, over: int | None):
         tasks, names, inputs = tensors[0].shape[0], list(leaves), list(leaves.values())
+        count = over if over is not None else tasks
         total: dict[Any, Tensor] = {}
         value, aux_rows = torch.zeros((), device=tensors[0].device), []
         with exact_batch_norm(self.exact_bn):
             for i in range(tasks):
                 loss, aux = objective(ctx, *(t[i] for t in tensors))
-                # d(mean)/d(loss_i) = 1/tasks; this task's graph is freed here, before the next is built.
-                for name, g in zip(names, torch.autograd.grad(loss / tasks, inputs, allow_unused=True)):
+                # d(mean)/d(loss_i) = 1/count; this task's graph is freed here, before the next is built.
+                for name, g in zip(names, torch.autograd.grad(loss / count, inputs, allow_unused=True)):
                     if g is not None:
                         total[name] = total[name] + g if name in total else g
                 value = value + loss.detach()
                 aux_rows.append(tuple(a.detach() for a in aux))
         aux = tuple(torch.stack(column) for column in zip(*aux_rows))
         self.last_path = "loop"
-        return value / tasks, total, aux
+        return value / count, total, aux
 
     # -- compilation -----------------------------------------------------------------------------------
 
-    def _key(self, objective, ctx, tensors, execution) -> Hashable | None:
+    def _key(self, objective, ctx, tensors, execution, over: int | None) -> Hashable | None:
         which = objective_key(objective)
         if which is None or self.compile is False or self.failed:
             return None
         shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
-        return (which, ctx.spec, ctx.steps, execution, shapes)
+        return (which, ctx.spec, ctx.steps, execution, shapes, over)
 
     def _use_compiled(self, key, execution: str) -> bool:
         if key in self._compiled:
@@ -224,10 +237,10 @@ class OuterEngine:
         log.info("compile=auto: compiled step %.3f ms against eager %.3f ms: %s", 1e3 * compiled, 1e3 * eager,
                  "dropped, eager from now on" if compiled >= eager else "kept")
 
-    def _run_compiled(self, key, objective, ctx: TaskContext, tensors):
+    def _run_compiled(self, key, objective, ctx: TaskContext, tensors, over: int | None):
         try:
             if key not in self._compiled:
-                self._compiled[key] = self._build(objective, ctx)
+                self._compiled[key] = self._build(objective, ctx, over)
             (grads, learned_grads), (value, aux) = self._compiled[key](
                 {n: p.detach() for n, p in ctx.params.items()},
                 {n: r.detach() for n, r in ctx.learned.items()},
@@ -247,7 +260,7 @@ class OuterEngine:
         out.update({("learned", n): g for n, g in learned_grads.items() if ctx.learned[n].requires_grad})
         return value.detach(), out, aux
 
-    def _build(self, objective, ctx: TaskContext):
+    def _build(self, objective, ctx: TaskContext, over: int | None):
         run = run_vmap if self.mapper.execution == "vmap" else run_loop
         exact_bn = self.exact_bn
 
@@ -255,6 +268,6 @@ class OuterEngine:
             per_task = _flat(objective, ctx._replace(params=params, learned=learned, buffers=buffers))
             with exact_batch_norm(exact_bn):
                 losses, *aux = run(per_task, *tensors)  # (tasks,)
-            return losses.mean(), tuple(a.detach() for a in aux)
+            return _reduce(losses, over), tuple(a.detach() for a in aux)
 
         return torch.compile(torch.func.grad_and_value(pure_fn, argnums=(0, 1), has_aux=True), **self.compile_options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,16 +16,21 @@ class TaskBatch:
     Shapes: ``support_x`` (tasks, support, *features), ``support_y`` (tasks, support, *targets),
     ``query_x`` (tasks, query, *features), ``query_y`` (tasks, query, *targets).
 
+    ``total`` is set on a shard of a larger meta-batch (:meth:`shard`): the number of tasks of the whole
+    meta-batch, by which an outer loss divides the sum of this shard's task losses (instead of taking
+    their mean), so the shards' meta-gradients add up to the whole batch's with the same per-task scale.
+
     Example:
         >>> batch = TaskBatch(torch.zeros(4, 10, 1), torch.zeros(4, 10, 1), torch.zeros(4, 5, 1), torch.zeros(4, 5, 1))
-        >>> len(batch)
-        4
+        >>> len(batch), batch.denominator, batch.shard(0, 3).denominator
+        (4, 4, 4)
     """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    total: int | None = None
 
     def __post_init__(self) -> None:
         names = ("support_x", "support_y", "query_x", "query_y")
@@ -51,12 +57,20 @@ class TaskBatch:
                 f"TaskBatch support_x features {tuple(self.support_x.shape[2:])} differ from query_x "
                 f"features {tuple(self.query_x.shape[2:])}; support and query must have the same shape"
             )
+        if self.total is not None and self.total < len(self):
+            raise ValueError(f"TaskBatch.total={self.total} is below its {len(self)} tasks; total counts the "
+                             "whole meta-batch a shard belongs to")
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.support_x, self.support_y, self.query_x, self.query_y)
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
+
+    @property
+    def denominator(self) -> int:
+        """What the outer loss divides the summed task losses by: the whole meta-batch's task count."""
+        return self.total if self.total is not None else len(self)
 
     def to(self, *args, **kwargs) -> TaskBatch:
         """Move every tensor (``.to`` semantics); floating dtypes only change the floating tensors."""
@@ -67,23 +81,29 @@ class TaskBatch:
                 return t.to(*args_, **kwargs_)
             return t.to(*args, **kwargs)
 
-        return TaskBatch(*(move(t) for t in self.tensors()))
+        return self._map(move, self.total)
 
     def __getitem__(self, index: int | slice | Tensor) -> TaskBatch:
         """The tasks at ``index`` (a slice keeps the task dimension; an int keeps it too, with size 1)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return TaskBatch(*(t[index] for t in self.tensors()))
+        return self._map(lambda t: t[index], None)
 
     def shard(self, rank: int, world_size: int) -> TaskBatch:
         """This rank's contiguous share of the tasks, for splitting a meta-batch across processes.
 
         Shares differ by at most one task: the first ``len(self) % world_size`` ranks get one more
-        (25 tasks over 2 ranks: 13 and 12). A rank beyond the task count gets an empty batch.
+        (25 tasks over 2 ranks: 13 and 12). A rank beyond the task count gets an empty batch. A shard's
+        ``total`` is the whole batch's task count: its outer loss is its task losses' sum over that count,
+        every task weighted 1/total as in the whole batch, so the shards' meta-gradients simply add up.
         """
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
         per, extra = divmod(len(self), world_size)
         start = rank * per + min(rank, extra)
-        return self[start:start + per + (rank < extra)]
+        share = slice(start, start + per + (rank < extra))
+        return self._map(lambda t: t[share], self.denominator)
+
+    def _map(self, fn: Callable[[Tensor], Tensor], total: int | None) -> TaskBatch:
+        return TaskBatch(fn(self.support_x), fn(self.support_y), fn(self.query_x), fn(self.query_y), total)
 

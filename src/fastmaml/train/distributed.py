@@ -1,11 +1,11 @@
 """Multi-process meta-training on ``torch.distributed``: an execution detail of the training loop.
 
 Every rank samples the SAME full meta-batch from the same seeded generator and keeps its contiguous
-shard (``TaskBatch.shard``; shares differ by at most one task, so any meta-batch size splits). Each
-rank's backward leaves the mean meta-gradient of its own tasks in ``.grad``;
-:meth:`Context.allreduce_grads` turns that into the exact global mean, ``sum_r grad_r * tasks_r / tasks``
-(the per-task gradient sums, all-reduced), so N processes train the same model as one process on the
-same tasks (up to floating-point summation order). Only rank 0 logs and writes files.
+shard (``TaskBatch.shard``; shares differ by at most one task, so any meta-batch size splits). A
+shard's outer loss is the sum of its task losses over the WHOLE meta-batch's task count, so each task
+enters the meta-gradient with the same factor 1/tasks as in one process, and :meth:`Context.allreduce_grads`
+only sums the ranks' ``.grad``: N processes train the same model as one process on the same tasks, up to
+the grouping of the per-task sum (13 + 12 instead of 25). Only rank 0 logs and writes files.
 
 ``fastmaml train RECIPE --nproc-per-node N`` starts the N processes itself (:func:`launch`, through
 ``torch.distributed.run``); ``python -m torch.distributed.run ... -m fastmaml.cli train ...`` does the
@@ -80,10 +80,11 @@ class Context:
         """This rank's contiguous share of a full meta-batch (the whole batch on one process)."""
         return batch.shard(self.rank, self.world_size) if self.enabled else batch
 
-    def allreduce_grads(self, params: Iterable[nn.Parameter], loss: Tensor, local_tasks: int, global_tasks: int,
-                        flags: tuple[bool, ...] = ()) -> tuple[Tensor, tuple[bool, ...]]:
-        """Make every ``.grad`` the global mean meta-gradient; return the global mean loss and, per flag,
-        whether any rank raised it.
+    def allreduce_grads(self, params: Iterable[nn.Parameter], loss: Tensor, flags: tuple[bool, ...] = ()
+                        ) -> tuple[Tensor, tuple[bool, ...]]:
+        """Sum every ``.grad`` and the loss over the ranks (each rank's are its shard's share of the global
+        mean, see the module docstring); return the global mean loss and, per flag, whether any rank
+        raised it.
 
         The loss and the flags travel in the same buffer as the gradients: one all-reduce per
         iteration per dtype, and every rank leaves the iteration with the same loss, gradients and
@@ -95,7 +96,6 @@ class Context:
 
         start = time.perf_counter()
         grads = [p.grad for p in params if p.grad is not None]
-        weight = local_tasks / global_tasks
         groups: dict[tuple, list[Tensor]] = {}
         for g in grads:
             groups.setdefault((g.dtype, g.device), []).append(g)
@@ -108,9 +108,8 @@ class Context:
             if i == 0:  # (loss, *flags) ride at the end of the first buffer
                 parts.append(loss.detach().to(device, dtype).reshape(1))
                 parts.append(torch.zeros(len(flags), device=device, dtype=dtype))
-            flat = torch.cat(parts).mul_(weight)
-            if i == 0 and flags:
-                # counts of ranks that raised each flag, not weighted
+            flat = torch.cat(parts)
+            if i == 0 and flags:  # counts of ranks that raised each flag
                 flat[-len(flags):] = torch.tensor([float(f) for f in flags], dtype=dtype)
             dist.all_reduce(flat)
             offset = 0

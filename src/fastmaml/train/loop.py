@@ -185,8 +185,7 @@ def meta_train(
             loss = step(batch)
             # the decisions to stop ride with the gradients, so every rank makes the same ones
             loss, (stopping, out_of_time) = dist.allreduce_grads(
-                params, loss, len(batch), meta_batch_size,
-                (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
+                params, loss, (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
             kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
             check_finite(loss, params, state.iteration + 1, kept)
             optimizer.step()
