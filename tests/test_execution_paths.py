@@ -109,6 +109,13 @@ def test_auto_is_decided_once_from_the_model_and_the_task_size(monkeypatch):
     assert decide(conv, images(20), None, images(20)) == "loop"
     assert 40 * 28 * 28 > VMAP_MAX_CONV_INPUTS >= 30 * 28 * 28
     assert decide(None, images(5), None, images(75)) == "loop"
+    # MLPs: the loop from about 150,000 activations per task (rows x widest layer; RESULTS.md measured it)
+    rows = lambda n: torch.zeros(2, n, 17)  # noqa: E731
+    policy = fm.models.MLP([17, 100, 100, 6])
+    assert decide(policy, rows(500), None, rows(500)) == "vmap"  # 100,000
+    assert decide(policy, rows(1000), None, rows(1000)) == "loop"  # 200,000
+    assert decide(policy, torch.zeros(2, 20, 100, 17), None, torch.zeros(2, 20, 100, 17)) == "loop"  # episodes
+    assert decide(mlp, rows(4000), None, rows(4000)) == "vmap"  # 4 wide
     # Never vmap where the batch-norm module says vmap is not exact for the model.
     monkeypatch.setattr(execution_module, "vmap_is_exact", lambda model: model is not conv)
     assert decide(conv, *small.tensors()) == "loop" and decide(mlp, torch.zeros(2, 3, 1)) == "vmap"

@@ -14,10 +14,18 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
   (20-way 1-shot, 16 tasks, 5 steps): vmap 3.08 s, the loop 2.39; 80 images per task (15 query per
   class): vmap 2607 ms, the loop 1164, at half vmap's memory.
 
-So vmap runs everything except convolutional models whose tasks are large: over
-:data:`VMAP_MAX_CONV_INPUTS` input elements per task (support + query; 24,576 is about 31 Omniglot
-images, between the 30 where vmap wins and the 40 where the loop wins) the loop wins. vmap is never
-chosen for a model where it is not exact (:func:`fastmaml.core.exact.vmap_is_exact`: recurrent layers).
+- MLPs with large tasks (benchmarks/mlp_crossover.py: 25 tasks, second order, two threads, torch 2.14;
+  RESULTS.md, "Execution: MLPs with large tasks"): the loop catches up where a task's rows times the
+  widest layer reach about 150,000 activations, whatever the width: 40 wide, 4,000 rows per task, loop/vmap
+  1.02; 100 wide, 1,000 rows 1.25 and 2,000 rows 0.77; 256 wide, 500 rows 1.13 and 1,000 rows 0.72.
+  Meta-RL's tasks are such tasks: HalfCheetah's 20 trajectories x 200 steps (4,000 rows per episode
+  set) through a 100-wide policy take TRPO's Fisher-vector product 0.9 s looped against 2.4 s vmapped.
+
+So vmap runs everything except large tasks: convolutional models over :data:`VMAP_MAX_CONV_INPUTS`
+input elements per task (support + query; 24,576 is about 31 Omniglot images, between the 30 where vmap
+wins and the 40 where the loop wins), and other models over :data:`VMAP_MAX_ACTIVATIONS` rows per task
+(support + query examples) times their widest linear layer. vmap is never chosen for a model where it is
+not exact (:func:`fastmaml.core.exact.vmap_is_exact`: recurrent layers).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from fastmaml.core.exact import vmap_is_exact, vmapping
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
 VMAP_MAX_CONV_INPUTS = 24_576
+VMAP_MAX_ACTIVATIONS = 150_000
 log = logging.getLogger(__name__)
 _CONV = (nn.modules.conv._ConvNd,)
 
@@ -42,6 +51,19 @@ _CONV = (nn.modules.conv._ConvNd,)
 def has_conv(model: nn.Module) -> bool:
     """Whether ``model`` contains a convolution."""
     return any(isinstance(m, _CONV) for m in model.modules())
+
+
+def widest_linear(model: nn.Module) -> int:
+    """The largest input or output size of ``model``'s linear layers (0 without any)."""
+    return max((max(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)),
+               default=0)
+
+
+def task_size(*batched: Tensor) -> tuple[int, int]:
+    """(input elements, rows) of one task's support and query inputs: ``batched[0]`` and ``batched[2]``;
+    rows are examples (every dimension but the features)."""
+    inputs = [t[0] for t in batched[::2][:2]]
+    return sum(t.numel() for t in inputs), sum(t.shape[:-1].numel() for t in inputs)
 
 
 def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]:
@@ -58,10 +80,11 @@ def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]
         if not vmap_is_exact(model):
             return "loop"
         conv = has_conv(model)
-    if not conv:
-        return "vmap"
-    inputs = sum(t[0].numel() for t in batched[::2][:2])  # support_x and query_x of one task
-    return "vmap" if inputs <= VMAP_MAX_CONV_INPUTS else "loop"
+    inputs, rows = task_size(*batched)
+    if conv:
+        return "vmap" if inputs <= VMAP_MAX_CONV_INPUTS else "loop"
+    width = widest_linear(model) if model is not None else 0
+    return "vmap" if rows * width <= VMAP_MAX_ACTIVATIONS else "loop"
 
 
 def run_loop(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
@@ -95,8 +118,9 @@ class TaskMapper:
         """The execution for this meta-batch (settling ``auto`` once)."""
         if self.execution == "auto":
             self.execution = decide(self.model, *batched)
-            log.info("execution=auto: %s for %s (%s input elements per task)", self.execution, self.owner,
-                     sum(t[0].numel() for t in batched[::2][:2]))
+            inputs, rows = task_size(*batched)
+            log.info("execution=auto: %s for %s (%s input elements, %s rows per task)", self.execution,
+                     self.owner, inputs, rows)
         return self.execution
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
