@@ -4,8 +4,9 @@ goal velocity, and HalfCheetah running forward or backward.
 The physics is gymnasium's ``HalfCheetah-v5`` (its model file, the maintained ``mujoco`` bindings; no
 mujoco-py, no old gym): 17-dimensional observations (joint positions without the x position, joint
 velocities), 6 actions in [-1, 1], 5 physics steps of 0.01 s per step, the start pose perturbed by
-U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination. The rewards are those of the
-original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
+U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination, episodes of 200 steps by default
+(the paper's ``max_path_length``). The rewards are those of the original maml_rl code (cbfinn/maml_rl,
+``half_cheetah_env_rand*.py``):
 
 - :class:`HalfCheetahVel`: goal velocity v ~ U[0, 2]; reward = -|forward velocity - v| - 0.05 ||a||^2.
 - :class:`HalfCheetahDir`: direction d in {-1, +1}; reward = d * forward velocity - 0.05 ||a||^2.
@@ -79,7 +80,7 @@ def _reward_wrapper():
 class _HalfCheetahTasks:
     """What both families share: the environments, the batched rollout, the reward by task."""
 
-    def __init__(self, horizon: int = 100, threads: int = 0) -> None:
+    def __init__(self, horizon: int = 200, threads: int = 0) -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
         if threads < 0:
@@ -171,7 +172,7 @@ class HalfCheetahVel(_HalfCheetahTasks):
         True
     """
 
-    def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 100, threads: int = 0) -> None:
+    def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 200, threads: int = 0) -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
         super().__init__(horizon, threads)
