@@ -259,3 +259,49 @@ def test_incomplete_environment_is_a_one_line_error(monkeypatch):
     with pytest.raises(ValueError, match="WORLD_SIZE is set but not RANK, MASTER_ADDR, MASTER_PORT; launch with"):
         distributed.from_env()
     assert isinstance(distributed.Context().shard(TaskBatch(*[torch.zeros(2, 1, 1)] * 4)), TaskBatch)
+
+
+def _mamlpp_problem():
+    """MAML++ with per-step BatchNorm statistics (buffers its outer loss moves), 5 sinusoid tasks, float64."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 1)).double()
+    algorithm = fastmaml.build("mamlpp", model, inner_lr=0.1, inner_steps=2, per_step_bn_statistics=True)
+    return algorithm, fastmaml.Sinusoid(dtype=torch.float64).sample_tasks(5, torch.Generator().manual_seed(0))
+
+
+def _mamlpp_rank(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        algorithm, batch = _mamlpp_problem()
+        context = distributed.Context(rank, world)
+        shard = context.shard(batch)
+        before = context.snapshot_buffers(algorithm)
+        algorithm.outer_loss(shard).backward()
+        context.allreduce_buffers(algorithm, before, len(shard), len(batch))
+        if rank == 0:
+            torch.save(dict(algorithm.named_buffers()), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_buffers_the_outer_loss_moves_are_all_reduced_as_one_process_moves_them(tmp_path):
+    """MAML++'s per-step BatchNorm statistics on 2 processes (3 + 2 tasks) end as one process's: each rank's
+    running averages moved by its shard, combined by the shards' task counts."""
+    import torch.multiprocessing as mp
+
+    algorithm, batch = _mamlpp_problem()
+    start = {n: b.clone() for n, b in algorithm.named_buffers()}
+    algorithm.outer_loss(batch).backward()
+    one = dict(algorithm.named_buffers())
+    out = tmp_path / "buffers.pt"
+    mp.spawn(_mamlpp_rank, args=(2, f"file://{tmp_path / 'init'}", str(out)), nprocs=2)
+    two = torch.load(out)
+    moved = [n for n in one if one[n].is_floating_point() and not torch.equal(one[n], start[n])]
+    assert moved == ["norm.running_mean:1", "norm.running_var:1"]
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-13, atol=1e-15, msg=name)
+    assert torch.equal(two["model.1.running_mean"], start["model.1.running_mean"])  # unmoved: bit for bit

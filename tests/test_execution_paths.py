@@ -115,7 +115,11 @@ def test_auto_is_decided_once_from_the_model_and_the_task_size(monkeypatch):
     assert decide(policy, rows(500), None, rows(500)) == "vmap"  # 100,000
     assert decide(policy, rows(1000), None, rows(1000)) == "loop"  # 200,000
     assert decide(policy, torch.zeros(2, 20, 100, 17), None, torch.zeros(2, 20, 100, 17)) == "loop"  # episodes
-    assert decide(mlp, rows(4000), None, rows(4000)) == "vmap"  # 4 wide
+    assert decide(mlp, torch.zeros(2, 4000, 1), None, torch.zeros(2, 4000, 1)) == "vmap"  # 4 wide
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 5))
+    assert decide(flat, images(5), None, images(5)) == "vmap"  # 10 rows of 784 per task, not 280
+    assert decide(flat, images(100), None, images(300)) == "loop"  # 400 x 784
+    assert decide(policy, rows(500), None, None) == "vmap" and decide(policy, rows(0), None, rows(0)) == "vmap"
     # Never vmap where the batch-norm module says vmap is not exact for the model.
     monkeypatch.setattr(execution_module, "vmap_is_exact", lambda model: model is not conv)
     assert decide(conv, *small.tensors()) == "loop" and decide(mlp, torch.zeros(2, 3, 1)) == "vmap"

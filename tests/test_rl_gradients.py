@@ -199,3 +199,14 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
     assert 0 < kl.item() < config.max_kl
     assert loss.item() < before.item()
     assert record["kl"] == pytest.approx(kl.item())
+
+
+@pytest.mark.parametrize("trajectories, expected", [(4, "vmap"), (10, "loop")])
+def test_auto_execution_is_settled_on_support_and_query(trajectories, expected):
+    """2 x 100-wide policy, 100 steps: 4 trajectories are 800 rows per task (80,000 activations, vmap);
+    10 are 2,000 rows (support 1,000 + query 1,000: 200,000, the loop), though the support alone is
+    100,000, which the inner step's first mapping would have seen."""
+    learner = MetaRL(GaussianPolicy(2, 2, (100, 100)), trajectories=trajectories, horizon=100)
+    family, generator = Navigation2DTasks(), torch.Generator().manual_seed(0)
+    learner.sample_meta_batch(family, family.sample_tasks(2, generator), generator)
+    assert learner.mapper.execution == expected

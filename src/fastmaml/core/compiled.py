@@ -1,10 +1,11 @@
 """The outer loss and its meta-gradient, by the fastest exact path for the workload.
 
-``OuterEngine.loss(objective, ctx, tensors)`` returns the mean over tasks of ``objective``'s per-task
-loss. When a backward will follow (grad mode on, some meta-parameter requires grad), the meta-gradient
-is computed right away, by the fastest path, and the returned scalar is a :class:`MetaGradient` node
-whose backward hands ``grad_output * meta_gradient`` to the meta-parameters: ``loss.backward()`` then
-costs nothing more, and ``outer_loss(batch).backward()`` is exactly as fast as the fastest step.
+``OuterEngine.loss(objective, ctx, tensors)`` returns the mean over tasks of ``objective``'s per-task loss
+(for a shard of a larger meta-batch, their sum over that batch's task count). When a backward will follow
+(grad mode on, some meta-parameter requires grad), the meta-gradient is computed right away, by the fastest
+path, and the returned scalar is a :class:`MetaGradient` node whose backward hands ``grad_output *
+meta_gradient`` to the meta-parameters: ``loss.backward()`` then costs nothing more, and
+``outer_loss(batch).backward()`` is exactly as fast as the fastest step.
 
 The paths, all running the same per-task objective (so they cannot drift apart):
 

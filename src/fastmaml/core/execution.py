@@ -21,10 +21,10 @@ Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/
   Meta-RL's tasks are such tasks: HalfCheetah's 20 trajectories x 200 steps (4,000 rows per episode
   set) through a 100-wide policy take TRPO's Fisher-vector product 0.9 s looped against 2.4 s vmapped.
 
-So vmap runs everything except large tasks: convolutional models over :data:`VMAP_MAX_CONV_INPUTS`
-input elements per task (support + query; 24,576 is about 31 Omniglot images, between the 30 where vmap
-wins and the 40 where the loop wins), and other models over :data:`VMAP_MAX_ACTIVATIONS` rows per task
-(support + query examples) times their widest linear layer. vmap is never chosen for a model where it is
+So vmap runs everything except large tasks: convolutional models over :data:`VMAP_MAX_CONV_INPUTS` input
+elements per task (support + query; 24,576 is about 31 Omniglot images, between the 30 where vmap wins and the
+40 where the loop wins), and other models over :data:`VMAP_MAX_ACTIVATIONS` rows per task (support + query
+examples) times their widest linear layer (:func:`activations`). vmap is never chosen for a model where it is
 not exact (:func:`fastmaml.core.exact.vmap_is_exact`: recurrent layers).
 """
 
@@ -53,20 +53,22 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, _CONV) for m in model.modules())
 
 
-def widest_linear(model: nn.Module) -> int:
-    """The largest input or output size of ``model``'s linear layers (0 without any)."""
-    return max((max(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)),
-               default=0)
+def task_inputs(*batched: Tensor | None) -> int:
+    """Input elements of one task: its support and query inputs, ``batched[0]`` and ``batched[2]``."""
+    return sum(t[0].numel() for t in batched[::2][:2] if t is not None and t.shape[0])
 
 
-def task_size(*batched: Tensor) -> tuple[int, int]:
-    """(input elements, rows) of one task's support and query inputs: ``batched[0]`` and ``batched[2]``;
-    rows are examples (every dimension but the features)."""
-    inputs = [t[0] for t in batched[::2][:2]]
-    return sum(t.numel() for t in inputs), sum(t.shape[:-1].numel() for t in inputs)
+def activations(model: nn.Module, inputs: int) -> float:
+    """Rows per task times the widest linear layer (0 without one): a task's rows are its input elements
+    over the first linear layer's input size (each example meets it once: 17 observation values, a
+    flattened 28x28 image), the width is the largest input or output size of the linear layers."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linear:
+        return 0.0
+    return inputs / linear[0].in_features * max(max(m.in_features, m.out_features) for m in linear)
 
 
-def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]:
+def decide(model: nn.Module | None, *batched: Tensor | None) -> Literal["vmap", "loop"]:
     """``execution="auto"`` for ``model`` on a meta-batch ``(support_x, support_y, query_x, query_y, ...)``.
 
     Example:
@@ -75,16 +77,17 @@ def decide(model: nn.Module | None, *batched: Tensor) -> Literal["vmap", "loop"]
         'vmap'
     """
     if model is None:  # no module to inspect: (tasks, examples, C, H, W) means images, a conv model
-        conv = batched[0].dim() >= 5
+        conv = batched[0] is not None and batched[0].dim() >= 5
     else:
         if not vmap_is_exact(model):
             return "loop"
         conv = has_conv(model)
-    inputs, rows = task_size(*batched)
+    inputs = task_inputs(*batched)
     if conv:
         return "vmap" if inputs <= VMAP_MAX_CONV_INPUTS else "loop"
-    width = widest_linear(model) if model is not None else 0
-    return "vmap" if rows * width <= VMAP_MAX_ACTIVATIONS else "loop"
+    if model is None:
+        return "vmap"
+    return "vmap" if activations(model, inputs) <= VMAP_MAX_ACTIVATIONS else "loop"
 
 
 def run_loop(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
@@ -118,9 +121,8 @@ class TaskMapper:
         """The execution for this meta-batch (settling ``auto`` once)."""
         if self.execution == "auto":
             self.execution = decide(self.model, *batched)
-            inputs, rows = task_size(*batched)
-            log.info("execution=auto: %s for %s (%s input elements, %s rows per task)", self.execution,
-                     self.owner, inputs, rows)
+            log.info("execution=auto: %s for %s (%s input elements per task)", self.execution, self.owner,
+                     task_inputs(*batched))
         return self.execution
 
     def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:

@@ -114,8 +114,17 @@ class MetaRL(nn.Module):
         current, batched = policy, False
         for _ in range(self.inner_steps):
             train.append(self.sample(family, tasks, current, generator, batched))
+            self._settle_execution(train[0])
             current, batched = self.adapt_tasks(params, train), True
-        return train, self.sample(family, tasks, current, generator, batched)
+        valid = self.sample(family, tasks, current, generator, batched)
+        self._settle_execution(valid)
+        return train, valid
+
+    def _settle_execution(self, episodes: Episodes) -> None:
+        """Settle ``execution="auto"`` on a whole task, support and query: an inner step's episodes and the
+        post-adaptation ones, which have the same size (``episodes`` stands for both)."""
+        obs, target = task_tensors([episodes])
+        self.mapper.resolve(obs, target, obs, target)
 
     def surrogate(self, params: Params, train: list[Episodes], valid: Episodes) -> tuple[Tensor, Tensor]:
         """Mean post-adaptation TRPO surrogate and KL, differentiable through the inner steps: the

@@ -3,10 +3,10 @@ goal velocity, and HalfCheetah running forward or backward.
 
 The physics is gymnasium's ``HalfCheetah-v5`` (its model file, the maintained ``mujoco`` bindings; no
 mujoco-py, no old gym): 17-dimensional observations (joint positions without the x position, joint
-velocities), 6 actions in [-1, 1], 5 physics steps of 0.01 s per step, the start pose perturbed by
-U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination, episodes of 200 steps by default
-(the paper's ``max_path_length``). The rewards are those of the original maml_rl code (cbfinn/maml_rl,
-``half_cheetah_env_rand*.py``):
+velocities), 6 actions in [-1, 1], 5 physics steps of 0.01 s per step, the start pose perturbed by U(-0.1,
+0.1) in position and 0.1 N(0, 1) in velocity, no termination; ``make_env`` truncates episodes at 200 steps by
+default (the paper's ``max_path_length``; the recipes' ``horizon: 200`` sets training's). The rewards are
+those of the original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
 
 - :class:`HalfCheetahVel`: goal velocity v ~ U[0, 2]; reward = -|forward velocity - v| - 0.05 ||a||^2.
 - :class:`HalfCheetahDir`: direction d in {-1, +1}; reward = d * forward velocity - 0.05 ||a||^2.

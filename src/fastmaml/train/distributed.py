@@ -5,7 +5,9 @@ shard (``TaskBatch.shard``; shares differ by at most one task, so any meta-batch
 shard's outer loss is the sum of its task losses over the WHOLE meta-batch's task count, so each task
 enters the meta-gradient with the same factor 1/tasks as in one process, and :meth:`Context.allreduce_grads`
 only sums the ranks' ``.grad``: N processes train the same model as one process on the same tasks, up to
-the grouping of the per-task sum (13 + 12 instead of 25). Only rank 0 logs and writes files.
+the grouping of the per-task sum (13 + 12 instead of 25). Buffers an outer loss moves by its tasks
+(MAML++'s per-step BatchNorm statistics) are combined by :meth:`Context.allreduce_buffers` the same way,
+so the ranks keep one process's statistics too. Only rank 0 logs and writes files.
 
 ``fastmaml train RECIPE --nproc-per-node N`` starts the N processes itself (:func:`launch`, through
 ``torch.distributed.run``); ``python -m torch.distributed.run ... -m fastmaml.cli train ...`` does the
@@ -39,6 +41,10 @@ SHARED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, Perm
                  KeyError)
 
 
+def _floating_buffers(module: nn.Module) -> list[Tensor]:
+    return [b for b in module.buffers() if b.is_floating_point()]
+
+
 class Context:
     """This process's place in the job. ``world_size == 1`` is plain single-process training.
 
@@ -70,7 +76,7 @@ class Context:
         return device
 
     def check_meta_batch(self, meta_batch_size: int) -> None:
-        """Every rank needs a task; shares may differ by one (the all-reduce weights them exactly)."""
+        """Every rank needs a task; shares may differ by one (each task keeps its 1/tasks weight)."""
         if meta_batch_size < self.world_size:
             raise ValueError(f"meta_batch_size={meta_batch_size} leaves {self.world_size - meta_batch_size} of "
                              f"{self.world_size} processes without a task; use at most {meta_batch_size} processes "
@@ -122,6 +128,36 @@ class Context:
                 out_flags = tuple(v > 0 for v in tail[1:])
         self.comm_seconds += time.perf_counter() - start
         return out_loss, out_flags
+
+    def snapshot_buffers(self, module: nn.Module) -> list[Tensor]:
+        """``module``'s floating buffers before a step (nothing on one process), for :meth:`allreduce_buffers`."""
+        if not self.enabled:
+            return []
+        return [b.detach().clone() for b in _floating_buffers(module)]
+
+    def allreduce_buffers(self, module: nn.Module, before: list[Tensor], local_tasks: int, global_tasks: int) -> None:
+        """Buffers a step moved by its own shard (MAML++'s per-step BatchNorm statistics: running averages
+        moved towards the shard's mean task statistics) as one process moves them by the whole meta-batch:
+        ``old + sum_r tasks_r / tasks * (new_r - old)``, exact for updates linear in the mean over tasks.
+        A buffer no rank changed stays bit for bit what it was."""
+        if not self.enabled or not before:
+            return
+        import torch.distributed as dist
+
+        start = time.perf_counter()
+        buffers = _floating_buffers(module)
+        groups: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+        for b, old in zip(buffers, before):
+            groups.setdefault((b.dtype, b.device), []).append((b, old))
+        for group in groups.values():
+            moved = torch.cat([(b.detach() - old).reshape(-1) for b, old in group]).mul_(local_tasks / global_tasks)
+            dist.all_reduce(moved)
+            offset = 0
+            with torch.no_grad():
+                for b, old in group:
+                    b.copy_(old + moved[offset:offset + b.numel()].view_as(b))
+                    offset += b.numel()
+        self.comm_seconds += time.perf_counter() - start
 
     def run_on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` on rank 0 only; its result (or its user error) is sent to every rank.

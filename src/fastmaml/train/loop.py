@@ -182,7 +182,9 @@ def meta_train(
             full = tasks.sample_tasks(meta_batch_size, generator)
             batch = dist.shard(full).to(device=device, dtype=dtype)
             optimizer.zero_grad(set_to_none=True)
+            buffers = dist.snapshot_buffers(algorithm)
             loss = step(batch)
+            dist.allreduce_buffers(algorithm, buffers, len(batch), meta_batch_size)
             # the decisions to stop ride with the gradients, so every rank makes the same ones
             loss, (stopping, out_of_time) = dist.allreduce_grads(
                 params, loss, (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
