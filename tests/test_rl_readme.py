@@ -33,3 +33,12 @@ def test_the_readme_meta_rl_commands_and_python_run(tmp_path, monkeypatch, capsy
     namespace = {}
     exec(compile(python, "README.md", "exec"), namespace)
     assert namespace["action"].shape == (2,)
+
+
+def test_the_readme_cheetah_command_runs(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mujoco")
+    monkeypatch.chdir(tmp_path)
+    (command,) = re.findall(r"`(fastmaml train cheetah-dir[^`]*)`", SECTION)
+    args = shlex.split(command)[1:] + SHORT + ["--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "cheetah-dir" / "eval.json").is_file()

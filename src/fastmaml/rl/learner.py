@@ -102,7 +102,9 @@ class MetaRL(nn.Module):
             adapted = adapt_task(ctx, *task)
             return tuple(adapted[n] for n in names)
 
-        adapted = self.mapper(per_task, *task_tensors(train))
+        tensors = task_tensors(train)
+        self._settle_execution(*tensors[:2])
+        adapted = self.mapper(per_task, *tensors)
         return {name: p.detach() for name, p in zip(names, adapted)}
 
     def sample_meta_batch(self, family, tasks: list, generator: torch.Generator,
@@ -114,17 +116,17 @@ class MetaRL(nn.Module):
         current, batched = policy, False
         for _ in range(self.inner_steps):
             train.append(self.sample(family, tasks, current, generator, batched))
-            self._settle_execution(train[0])
             current, batched = self.adapt_tasks(params, train), True
         valid = self.sample(family, tasks, current, generator, batched)
-        self._settle_execution(valid)
+        if self.mapper.execution == "auto":  # no inner step settled it (inner_steps=0)
+            self._settle_execution(*task_tensors([valid]))
         return train, valid
 
-    def _settle_execution(self, episodes: Episodes) -> None:
-        """Settle ``execution="auto"`` on a whole task, support and query: an inner step's episodes and the
-        post-adaptation ones, which have the same size (``episodes`` stands for both)."""
-        obs, target = task_tensors([episodes])
-        self.mapper.resolve(obs, target, obs, target)
+    def _settle_execution(self, obs: Tensor, target: Tensor) -> None:
+        """Settle ``execution="auto"`` on a whole task, support and query: one episode set's tensors stand
+        for both (an inner step's episodes and the post-adaptation ones have the same size)."""
+        if self.mapper.execution == "auto":
+            self.mapper.resolve(obs, target, obs, target)
 
     def surrogate(self, params: Params, train: list[Episodes], valid: Episodes) -> tuple[Tensor, Tensor]:
         """Mean post-adaptation TRPO surrogate and KL, differentiable through the inner steps: the

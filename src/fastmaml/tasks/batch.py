@@ -58,8 +58,8 @@ class TaskBatch:
                 f"features {tuple(self.query_x.shape[2:])}; support and query must have the same shape"
             )
         if self.total is not None and self.total < len(self):
-            raise ValueError(f"TaskBatch.total={self.total} is below its {len(self)} tasks; total counts the "
-                             "whole meta-batch a shard belongs to")
+            raise ValueError(f"TaskBatch.total={self.total} is below its {len(self)} tasks; pass the task count of "
+                             "the whole meta-batch this shard belongs to, or None")
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.support_x, self.support_y, self.query_x, self.query_y)

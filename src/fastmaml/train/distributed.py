@@ -93,7 +93,8 @@ class Context:
         raised it.
 
         The loss and the flags travel in the same buffer as the gradients: one all-reduce per
-        iteration per dtype, and every rank leaves the iteration with the same loss, gradients and
+        iteration per dtype (a model with floating buffers adds one of their size,
+        :meth:`allreduce_buffers`), and every rank leaves the iteration with the same loss, gradients and
         decisions (so a signal to one rank, or one rank's clock, stops all of them at the same iteration).
         """
         if not self.enabled:
