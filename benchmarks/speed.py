@@ -212,11 +212,12 @@ def _rank(rank: int, world: int, port: int, spec: dict, results) -> None:  # typ
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    context = distributed.Context(rank, world)
+    context.owns_group = True
     try:
-        results[rank] = timed(spec, distributed.Context(rank, world))
+        results[rank] = timed(spec, context)
     finally:
-        dist.barrier()
-        dist.destroy_process_group()
+        context.close(barrier=True)
 
 
 def worker_processes(spec: dict, world: int) -> dict:

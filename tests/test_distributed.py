@@ -275,9 +275,10 @@ def _mamlpp_rank(rank: int, world: int, init: str, out: str) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    context = distributed.Context(rank, world)
+    context.owns_group = True
     try:
         algorithm, batch = _mamlpp_problem()
-        context = distributed.Context(rank, world)
         shard = context.shard(batch)
         before = context.snapshot_buffers(algorithm)
         algorithm.outer_loss(shard).backward()
@@ -285,7 +286,7 @@ def _mamlpp_rank(rank: int, world: int, init: str, out: str) -> None:
         if rank == 0:
             torch.save(dict(algorithm.named_buffers()), out)
     finally:
-        dist.destroy_process_group()
+        context.close(barrier=True)
 
 
 def test_buffers_the_outer_loss_moves_are_all_reduced_as_one_process_moves_them(tmp_path):

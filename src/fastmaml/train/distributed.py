@@ -185,13 +185,20 @@ class Context:
 
     def close(self, barrier: bool = False) -> None:
         """Leave the process group. ``barrier=True`` when every rank gets here together (after the loop):
-        ranks that tear down gloo at different moments can abort in its connection threads."""
+        ranks that tear down gloo at different moments can abort in its connection threads.
+
+        The barrier's work (which holds the collectives before it) stays referenced here until the group
+        is destroyed: otherwise gloo's worker thread may free it, and the tensors whose Python objects are
+        gone, just as ``destroy_process_group`` joins that thread holding the GIL the free needs (a
+        deadlock of about 1 exit in 8 on torch 2.4)."""
         if self.owns_group:
             import torch.distributed as dist
 
-            if barrier:
-                dist.barrier()
+            pending = dist.barrier(async_op=True) if barrier else None
+            if pending is not None:
+                pending.wait()
             dist.destroy_process_group()
+            del pending  # freed here, on the thread that holds the GIL
             self.owns_group = False
 
 
