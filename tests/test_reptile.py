@@ -21,10 +21,11 @@ def test_minibatch_rows_cover_every_example_once_per_pass():
         assert torch.equal(torch.arange(examples)[minibatch_rows(examples, size, passes)], rows[0])
 
 
-def _phi_by_hand(model, x, y, lr, steps, inner_batch):
-    """Adam (beta1 = 0, beta2 = 0.999, bias-corrected, eps 1e-8) on strided minibatches, written out."""
+def _adam_by_hand(model, x, y, lr, steps, inner_batch, nu=None, count=0):
+    """Adam (beta1 = 0, beta2 = 0.999, bias-corrected, eps 1e-8) on strided minibatches, written out,
+    from second moments ``nu`` built by ``count`` earlier steps (zeros, 0: a fresh Adam); (phi, nu)."""
     phi = {n: p.detach().clone() for n, p in model.named_parameters()}
-    nu = {n: torch.zeros_like(p) for n, p in phi.items()}
+    nu = {n: torch.zeros_like(p) for n, p in phi.items()} if nu is None else dict(nu)
     passes = -(-len(x) // inner_batch)
     for t in range(steps):
         rows = slice(t % passes, None, passes)
@@ -33,8 +34,21 @@ def _phi_by_hand(model, x, y, lr, steps, inner_batch):
         g = dict(zip(current, torch.autograd.grad(loss, tuple(current.values()))))
         for n in phi:
             nu[n] = 0.999 * nu[n] + 0.001 * g[n] ** 2
-            phi[n] = phi[n] - lr * g[n] / (torch.sqrt(nu[n] / (1 - 0.999 ** (t + 1)) + 1e-16) + 1e-8)
-    return phi
+            phi[n] = phi[n] - lr * g[n] / (torch.sqrt(nu[n] / (1 - 0.999 ** (count + t + 1)) + 1e-16) + 1e-8)
+    return phi, nu
+
+
+def _phi_by_hand(model, x, y, lr, steps, inner_batch):
+    return _adam_by_hand(model, x, y, lr, steps, inner_batch)[0]
+
+
+def _pooled(data, i):
+    return torch.cat([data.support_x[i], data.query_x[i]]), torch.cat([data.support_y[i], data.query_y[i]])
+
+
+def _carried(reptile):
+    nu, count = reptile.moments.moments()
+    return {n: t.clone() for n, t in nu.items()}, int(count)
 
 
 @pytest.mark.parametrize("execution", ["vmap", "loop"])
@@ -102,3 +116,94 @@ def test_the_reptile_recipe_is_the_papers_omniglot_regime():
     assert config.algorithm_options == {"inner_optimizer": "adam", "inner_batch": 10, "anneal": True}
     assert (config.optimizer, config.outer_lr, config.meta_batch_size) == ("sgd", 1.0, 5)
     assert config.data.shots + config.data.query_shots == 10  # --train-shots 10
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_carried_moments_run_on_across_tasks_as_the_papers_sequential_adam(execution):
+    """carry_moments with one task per meta-batch is supervised-reptile's training exactly: each task's
+    Adam starts from the second moments and step count the previous tasks left, and so does meta-test."""
+    lr, steps, size, eps = 0.01, 5, 4, 0.5
+    reptile = Reptile(mlp(), inner_lr=lr, inner_steps=steps, inner_optimizer="adam", inner_batch=size,
+                      carry_moments=True, execution=execution)
+    optimizer = torch.optim.SGD(reptile.parameters(), lr=eps)
+    nu, count = None, 0
+    for seed in range(3):
+        data = batch(tasks=1, shots=10, seed=seed)
+        theta = {n: p.detach().clone() for n, p in reptile.model.named_parameters()}
+        phi, nu = _adam_by_hand(reptile.model, *_pooled(data, 0), lr, steps, size, nu, count)
+        count += steps
+        got = grads(reptile, reptile.outer_loss(data))
+        for n in theta:
+            torch.testing.assert_close(got[f"model.{n}"], theta[n] - phi[n], atol=1e-12, rtol=0)
+        carried, carried_count = _carried(reptile)
+        assert carried_count == count
+        for n in nu:
+            torch.testing.assert_close(carried[n], nu[n], atol=1e-15, rtol=1e-12)
+        optimizer.step()
+    test = batch(tasks=1, shots=5, seed=9)  # meta-test: 20 full-batch steps from the carried moments
+    phi, _ = _adam_by_hand(reptile.model, test.support_x[0], test.support_y[0], lr, 20, 5, nu, count)
+    adapted = reptile.adapt(test.support_x[0], test.support_y[0], inner_steps=20)
+    losses, _ = reptile.task_losses(test, inner_steps=20)
+    for n in phi:
+        torch.testing.assert_close(adapted[n], phi[n], atol=1e-12, rtol=0)
+    expected = F.mse_loss(torch.func.functional_call(reptile.model, phi, (test.query_x[0],)), test.query_y[0])
+    torch.testing.assert_close(losses[0], expected, atol=1e-12, rtol=0)
+    after, after_count = _carried(reptile)
+    assert after_count == count and all(torch.equal(after[n], carried[n]) for n in nu)  # evaluation never moves them
+
+
+def test_a_meta_batch_advances_the_moments_by_its_tasks_mean_increment():
+    """Tasks of one meta-batch adapt side by side from the same moments; the moments then advance as if
+    the tasks had run one after another, each adding the batch's mean increment."""
+    lr, steps, size = 0.01, 5, 4
+    reptile = Reptile(mlp(), inner_lr=lr, inner_steps=steps, inner_optimizer="adam", inner_batch=size,
+                      carry_moments=True)
+    reptile.outer_loss(batch(tasks=2, shots=10, seed=1))
+    nu0, count0 = _carried(reptile)
+    assert count0 == 2 * steps and all(v.abs().sum() > 0 for v in nu0.values())
+    data = batch(tasks=3, shots=10, seed=2)
+    finals = [_adam_by_hand(reptile.model, *_pooled(data, i), lr, steps, size, nu0, count0)[1] for i in range(3)]
+    reptile.outer_loss(data)
+    nu, count = _carried(reptile)
+    decay = 0.999 ** steps
+    for n in nu0:
+        increment = torch.stack([f[n] - decay * nu0[n] for f in finals]).mean(0)
+        expected = nu0[n]
+        for _ in range(3):  # one task after another
+            expected = decay * expected + increment
+        torch.testing.assert_close(nu[n], expected, atol=1e-15, rtol=1e-12)
+    assert count == count0 + 3 * steps
+
+
+def test_shards_of_a_meta_batch_advance_the_moments_as_one_process_does():
+    """2 ranks (3 + 2 tasks), each advancing by its shard, combined as Context.allreduce_buffers combines
+    them (old + sum_r tasks_r / tasks (new_r - old)): the moments one process gets for the 5 tasks."""
+    import copy
+
+    from fastmaml.train import distributed
+
+    reptile = Reptile(mlp(), inner_lr=0.01, inner_steps=5, inner_optimizer="adam", inner_batch=4, carry_moments=True)
+    reptile.outer_loss(batch(tasks=2, shots=10, seed=1))
+    before = {n: b.clone() for n, b in reptile.moments.named_buffers()}
+    data = batch(tasks=5, shots=10, seed=2)
+    ranks = [copy.deepcopy(reptile) for _ in range(2)]
+    shards = [distributed.Context(rank, 2).shard(data) for rank in range(2)]
+    for rank, shard in zip(ranks, shards):
+        rank.outer_loss(shard)
+    reptile.outer_loss(data)
+    for name, one in reptile.moments.named_buffers():
+        moved = sum(len(shard) / len(data) * (dict(r.moments.named_buffers())[name] - before[name])
+                    for r, shard in zip(ranks, shards))
+        torch.testing.assert_close(before[name] + moved, one, atol=1e-15, rtol=1e-12, msg=name)
+
+
+def test_carried_moments_are_saved_with_the_algorithm_and_need_adam():
+    reptile = Reptile(mlp(), inner_lr=0.01, inner_optimizer="adam", inner_batch=4, carry_moments=True)
+    reptile.outer_loss(batch(tasks=2, shots=10))
+    state = reptile.state_dict()
+    assert state["moments.count"] == 10 and any(k.startswith("moments.") and k != "moments.count" for k in state)
+    fresh = Reptile(mlp(), inner_lr=0.01, inner_optimizer="adam", inner_batch=4, carry_moments=True)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.moments.buffers(), reptile.moments.buffers()))
+    with pytest.raises(ValueError, match="carry_moments=True carries Adam's moments; set inner_optimizer='adam' too"):
+        Reptile(mlp(), carry_moments=True)

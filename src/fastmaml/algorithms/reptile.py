@@ -12,11 +12,22 @@ beta1 = 0 at rate ``inner_lr``), ``inner_batch`` examples per inner step, each s
 minibatch of the task's examples, and more inner steps at meta-test (the trainer's
 ``eval_inner_steps``). The recipe ``omniglot-5w1s-reptile`` sets all of it.
 
-Departures from the paper: (1) the Adam state (moments, step count) starts afresh for every task; the
-paper's TensorFlow code restores only the model's variables between tasks, so its Adam moments run on
-across tasks. (2) Minibatches are strided, not shuffled: step ``s`` takes every m-th example starting at
-``s mod m`` (m = minibatches per pass), so with class-ordered examples each minibatch holds every class
-in proportion, and no random numbers are drawn inside the vmapped per-task function. (3) By default the
+Adam's state: the paper's TensorFlow code restores only the model's variables between tasks, so its
+Adam moments and step count run on across tasks and meta-iterations, and meta-test adapts from the
+second moments training left (restored afterwards: evaluation never moves them). Its author on why
+(openai/supervised-reptile#28): Reptile benefits from Adam's second-moment estimate; the momentum
+hurt, hence beta1 = 0. ``carry_moments=True`` does the same: the second moments and the step count are
+buffers of the algorithm (:class:`CarriedMoments`, saved in checkpoints), every task's Adam starts
+from them, and after each meta-batch they advance by the tasks' increments (see
+:meth:`CarriedMoments.advance` for the one approximation: the tasks of a meta-batch run side by side,
+so each starts from the moments before the batch). With beta1 = 0 the first moment is the gradient
+itself, so nothing else needs carrying. Without ``carry_moments`` each task's Adam starts from zeros.
+
+Departures from the paper: (1) with ``carry_moments`` the meta-batch's tasks adapt in parallel from
+the same moments (the paper's code runs them one after another). (2) Minibatches are strided, not
+shuffled: step ``s`` takes every m-th example starting at ``s mod m`` (m = minibatches per pass), so
+with class-ordered examples each minibatch holds every class in proportion, and no random numbers are
+drawn inside the vmapped per-task function. (3) By default the
 inner loop trains on the whole task, support and query concatenated (the paper has no query split
 during meta-training; ``use_query=False`` trains on the support set only). Evaluation
 (:meth:`task_losses`) adapts on the support set with the same rule, full batch, and scores the query set.
@@ -34,13 +45,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions
+from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions, _key
 from fastmaml.core import inner
-from fastmaml.core.objective import TaskContext, surrogate
-from fastmaml.core.params import Params, detached
+from fastmaml.core.objective import Objective, TaskContext, surrogate
+from fastmaml.core.params import Params, detached, module_state
 from fastmaml.core.rules import UpdateRule, adam
+from fastmaml.tasks.batch import TaskBatch
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+ADAM_BETAS = (0.0, 0.999)  # the paper's inner Adam: supervised-reptile's AdamOptimizer(beta1=0)
 
 
 def minibatch_rows(examples: int, batch: int, step: int) -> slice:
@@ -57,14 +70,53 @@ def minibatch_rows(examples: int, batch: int, step: int) -> slice:
     return slice(step % passes, None, passes)
 
 
-def adapt_minibatches(ctx: TaskContext, x: Tensor, y: Tensor, batch: int) -> Params:
-    """``ctx.steps`` inner updates from ``ctx.params``, step ``s`` on the minibatch :func:`minibatch_rows` picks."""
+def adapt_minibatches(ctx: TaskContext, x: Tensor, y: Tensor, batch: int) -> tuple[Params, Any]:
+    """``ctx.steps`` inner updates from ``ctx.params``, step ``s`` on the minibatch :func:`minibatch_rows`
+    picks; the adapted parameters and the rule's final state."""
     params = ctx.params
     state = inner.init_state(ctx.spec, params)
     for step in range(ctx.steps):
         rows = minibatch_rows(x.shape[0], batch, step)
         params, state = inner.inner_step(ctx.spec, params, ctx.buffers, ctx.learned, state, x[rows], y[rows], step)
-    return params
+    return params, state
+
+
+class CarriedMoments(nn.Module):
+    """Adam's second moments and step count, carried across tasks (``Reptile(carry_moments=True)``).
+
+    Buffers: one per adapted parameter (its second moment, zeros at first) and ``count``, the Adam
+    steps behind them. :meth:`moments` is the rule's ``carry``; :meth:`advance` moves them by a
+    meta-batch.
+    """
+
+    def __init__(self, params: Params, beta2: float) -> None:
+        super().__init__()
+        self.names = tuple(params)
+        self.beta2 = beta2
+        for name, p in params.items():
+            self.register_buffer(_key(name), torch.zeros_like(p.detach()))
+        self.register_buffer("count", torch.zeros((), dtype=next(iter(params.values())).dtype))
+
+    def moments(self) -> tuple[Params, Tensor]:
+        return {name: self.get_buffer(_key(name)) for name in self.names}, self.get_buffer("count")
+
+    @torch.no_grad()
+    def advance(self, final: tuple[Tensor, ...], steps: int, tasks: int) -> None:
+        """After a meta-batch of ``tasks`` tasks (all ranks' together) of ``steps`` Adam steps each, given
+        this process's tasks' final second moments ``final`` (stacked over its tasks, in ``names`` order).
+
+        A task adds d_i = nu_i - beta2^steps nu_0 to the moments it starts from; one after another the
+        tasks would give beta2^(steps tasks) nu_0 + sum_i beta2^(steps (tasks - i)) d_i. Here every
+        task's d_i is replaced by their mean: the same total weight, and an update linear in the mean
+        over tasks, so shards all-reduced by task count (``Context.allreduce_buffers``) give what one
+        process gives."""
+        decay = self.beta2 ** steps
+        whole = decay ** tasks
+        weight = tasks if decay == 1.0 else (1.0 - whole) / (1.0 - decay)  # sum_i decay^(tasks - i)
+        for name, nus in zip(self.names, final):
+            nu = self.get_buffer(_key(name))
+            nu.copy_(whole * nu + weight * (nus.mean(0) - decay * nu))
+        self.get_buffer("count").add_(steps * tasks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +139,32 @@ class ReptileObjective:
         # the vmapped inner loop 3-4x cheaper; the core's torch.func.grad ignores an outer no_grad).
         with torch.no_grad():
             start = detached(ctx.params)
-            phi = adapt_minibatches(ctx._replace(params=start), x, y, self.inner_batch)
+            phi, state = adapt_minibatches(ctx._replace(params=start), x, y, self.inner_batch)
             loss = inner.loss_of(ctx.spec, phi, ctx.buffers, query_x, query_y)
-        return surrogate(loss, ctx.params, {n: start[n] - phi[n] for n in ctx.params}), ()
+        return surrogate(loss, ctx.params, {n: start[n] - phi[n] for n in ctx.params}), self.carried(ctx, state)
+
+    def carried(self, ctx: TaskContext, state: Any) -> tuple[Tensor, ...]:
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CarryingReptileObjective(ReptileObjective):
+    """:class:`ReptileObjective` that hands each task's final Adam second moments to ``moments``."""
+
+    moments: CarriedMoments | None = None
+    steps: int = 0
+    tasks: int = 0
+
+    @property
+    def key(self) -> Hashable | None:
+        return None  # reads and moves the carried moments: never compiled
+
+    def carried(self, ctx: TaskContext, state: Any) -> tuple[Tensor, ...]:
+        return tuple(state.nu[name] for name in ctx.spec.adapt_names)
+
+    def finish(self, aux: tuple[Tensor, ...]) -> None:
+        assert self.moments is not None
+        self.moments.advance(aux, self.steps, self.tasks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +175,14 @@ class ReptileOptions(FirstOrderOptions):
     inner_optimizer: str = "sgd"
     inner_batch: int = 0
     anneal: bool = False
+    carry_moments: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(f"inner_optimizer={self.inner_optimizer!r}; use one of {', '.join(INNER_OPTIMIZERS)}")
+        if self.carry_moments and self.inner_optimizer != "adam":
+            raise ValueError("carry_moments=True carries Adam's moments; set inner_optimizer='adam' too")
         if self.inner_optimizer != "sgd" and self.rule is not None:
             raise ValueError("give either rule=... or inner_optimizer=..., not both")
         if isinstance(self.inner_batch, bool) or not isinstance(self.inner_batch, numbers.Integral) \
@@ -118,8 +196,9 @@ class Reptile(MAML):
     Options: ``use_query``, train the inner loop on support and query together (default) or support
     only; ``inner_optimizer``, ``"sgd"`` (rate ``inner_lr``) or ``"adam"`` (the paper's: Adam with
     beta1 = 0, rate ``inner_lr``); ``inner_batch``, examples per inner step (0: all of them);
-    ``anneal``, anneal the outer learning rate linearly to 0 over the run. The others as :class:`MAML`
-    (the inner loop is always first-order).
+    ``anneal``, anneal the outer learning rate linearly to 0 over the run; ``carry_moments``, Adam's
+    second moments run on across tasks and into meta-test, as in the paper's code (buffers
+    ``algo.moments``). The others as :class:`MAML` (the inner loop is always first-order).
 
     ``outer_loss`` returns the mean query loss of the adapted weights (a number to log), built so that
     its gradient w.r.t. each parameter is exactly ``theta - mean_i phi_i``.
@@ -137,13 +216,33 @@ class Reptile(MAML):
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.use_query = bool(self.options.use_query)
-        self.objective = ReptileObjective(self.use_query, int(self.options.inner_batch))
+        self.objective: ReptileObjective = ReptileObjective(self.use_query, int(self.options.inner_batch))
+        self.moments: CarriedMoments | None = None
+        if self.options.carry_moments:
+            params, _ = module_state(self.model)
+            self.moments = CarriedMoments({name: params[name] for name in self.adapt_names}, ADAM_BETAS[1])
+        self._tasks = 0
 
     def inner_rule(self, options: MetaOptions) -> UpdateRule:
         if getattr(options, "inner_optimizer", "sgd") == "adam":
-            # beta1 = 0: the paper's setting (supervised-reptile's AdamOptimizer(beta1=0)).
-            return adam(options.inner_lr, betas=(0.0, 0.999))
+            # beta1 = 0: the paper's setting (supervised-reptile's AdamOptimizer(beta1=0)); the carried
+            # moments are read when a task starts, from the buffers built after this rule.
+            carry = (lambda: self._carried()) if getattr(options, "carry_moments", False) else None
+            return adam(options.inner_lr, betas=ADAM_BETAS, carry=carry)
         return super().inner_rule(options)
+
+    def _carried(self) -> tuple[Params, Tensor]:
+        assert self.moments is not None
+        return self.moments.moments()
+
+    def outer_loss(self, batch: TaskBatch, inner_steps: int | None = None, graph: bool = False) -> Tensor:
+        self._tasks = batch.denominator if isinstance(batch, TaskBatch) else 0  # the whole meta-batch's tasks
+        return super().outer_loss(batch, inner_steps, graph)
+
+    def outer_objective(self, steps: int) -> Objective:
+        if self.moments is None:
+            return self.objective
+        return CarryingReptileObjective(self.use_query, self.objective.inner_batch, self.moments, steps, self._tasks)
 
     def scheduler(
         self, optimizer: torch.optim.Optimizer, iterations: int

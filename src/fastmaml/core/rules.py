@@ -6,7 +6,8 @@ A rule keeps two kinds of state apart:
   MAML++'s per-step rates). The algorithm holds them as ``nn.Parameter`` and the outer optimizer
   trains them beside the model; they are the same for every task.
 - ``init(params) -> state``: per-task optimizer state (a ``NamedTuple``: momentum, Adam moments, a
-  proximal anchor), built afresh from the starting parameters at the start of every task's adaptation.
+  proximal anchor), built afresh from the starting parameters at the start of every task's adaptation
+  (:func:`adam` can instead start every task from moments its owner carries across tasks).
 
 ``update(grads, state, params, learned, step) -> (new_params, new_state)`` takes one inner step.
 Everything is a pure function of tensors, so a rule runs unchanged under ``vmap``, in a loop, and
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from fastmaml.core.params import Params
 
@@ -36,6 +38,7 @@ class MomentumState(NamedTuple):
 class AdamState(NamedTuple):
     mu: Params  # first moment
     nu: Params  # second moment
+    count: Any = 0  # Adam steps taken before this task (a tensor when the moments run on across tasks)
 
 
 class ProximalState(NamedTuple):
@@ -173,13 +176,21 @@ def momentum(lr: float, beta: float = 0.9, nesterov: bool = False) -> UpdateRule
 
 
 def adam(
-    lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, eps_root: float = 1e-16
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    eps_root: float = 1e-16,
+    carry: Callable[[], tuple[Params, Tensor]] | None = None,
 ) -> UpdateRule:
     """Adam (Kingma and Ba 2014, arXiv:1412.6980, Algorithm 1) as an inner rule, bias-corrected.
 
     Departure: ``sqrt(v_hat + eps_root)`` instead of ``sqrt(v_hat)`` (optax's ``eps_root``): the square
     root's derivative is infinite at 0, and a second-order meta-gradient differentiates through it, so
     a gradient entry that is exactly zero (a dead ReLU) would turn the meta-gradient into NaN.
+
+    ``carry``: ``carry() -> (nu, count)``, second moments and the number of Adam steps behind them,
+    read when a task starts: each task starts from them instead of zeros, and its bias correction
+    counts from ``count`` (Reptile's carried Adam state; whoever owns them advances them).
 
     Example:
         >>> import fastmaml as fm
@@ -191,15 +202,19 @@ def adam(
 
     def init(params: Params) -> AdamState:
         zeros = {name: torch.zeros_like(p) for name, p in params.items()}
-        return AdamState(zeros, dict(zeros))
+        if carry is None:
+            return AdamState(zeros, dict(zeros))
+        nu, count = carry()
+        return AdamState(zeros, {name: nu[name] for name in params}, count)
 
     def update(grads: Params, state: AdamState, params: Params, learned: Params, step: int):
         mu = {name: b1 * state.mu[name] + (1 - b1) * g for name, g in grads.items()}
         nu = {name: b2 * state.nu[name] + (1 - b2) * g * g for name, g in grads.items()}
         # step counts from 0; Adam's t from 1
-        c1, c2 = 1 - b1 ** (step + 1), 1 - b2 ** (step + 1)
+        t = state.count + step + 1
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
         new = {name: p - lr * (mu[name] / c1) / (torch.sqrt(nu[name] / c2 + eps_root) + eps)
                for name, p in params.items()}
-        return new, AdamState(mu, nu)
+        return new, AdamState(mu, nu, state.count)
 
     return UpdateRule("adam", update, init=init)
