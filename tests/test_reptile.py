@@ -113,7 +113,8 @@ def test_the_reptile_recipe_is_the_papers_omniglot_regime():
 
     config = cfg.resolve("omniglot-5w1s-reptile")
     assert (config.algorithm, config.inner_lr, config.inner_steps, config.eval_inner_steps) == ("reptile", 0.001, 5, 50)
-    assert config.algorithm_options == {"inner_optimizer": "adam", "inner_batch": 10, "anneal": True}
+    assert config.algorithm_options == {"inner_optimizer": "adam", "carry_moments": True, "inner_batch": 10,
+                                        "anneal": True}
     assert (config.optimizer, config.outer_lr, config.meta_batch_size) == ("sgd", 1.0, 5)
     assert config.data.shots + config.data.query_shots == 10  # --train-shots 10
 
