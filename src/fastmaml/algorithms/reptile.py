@@ -227,7 +227,7 @@ class Reptile(MAML):
         if getattr(options, "inner_optimizer", "sgd") == "adam":
             # beta1 = 0: the paper's setting (supervised-reptile's AdamOptimizer(beta1=0)); the carried
             # moments are read when a task starts, from the buffers built after this rule.
-            carry = (lambda: self._carried()) if getattr(options, "carry_moments", False) else None
+            carry = self._carried if getattr(options, "carry_moments", False) else None
             return adam(options.inner_lr, betas=ADAM_BETAS, carry=carry)
         return super().inner_rule(options)
 
