@@ -150,8 +150,10 @@ def test_conjugate_gradient_falls_back_to_b_when_the_first_direction_has_negativ
 # -- the implicit gradient of a small nonlinear model against a dense solve (float64) ----------------
 
 
-def _dense_system(model, data, lam, lr, steps):
-    """phi by plain proximal gradient descent, H = the support-loss Hessian at phi (dense), g = grad L_query(phi)."""
+def _dense_system(model, data, lam, lr, steps, hessian=True):
+    """phi by plain proximal gradient descent, H = the support-loss Hessian at phi (dense), g = grad L_query(phi).
+
+    ``hessian=False``: (phi, None, unflat) instead."""
     theta = {n: p.detach().clone() for n, p in model.named_parameters()}
     names, shapes = list(theta), [p.shape for p in theta.values()]
 
@@ -166,9 +168,20 @@ def _dense_system(model, data, lam, lr, steps):
     x, y = data.support_x[0], data.support_y[0]
     for _ in range(steps):
         phi = phi - lr * (torch.func.grad(loss)(phi, x, y) + lam * (phi - flat_theta))
+    if not hessian:
+        return phi, None, unflat
+    return (*_hessian_and_query_grad(model, data, phi, unflat), unflat)
+
+
+def _hessian_and_query_grad(model, data, phi, unflat):
+    """The dense support-loss Hessian and the query gradient at the flat ``phi`` (first task)."""
+
+    def loss(v, x, y):
+        return F.mse_loss(torch.func.functional_call(model, unflat(v), (x,)), y)
+
+    x, y = data.support_x[0], data.support_y[0]
     hessian = torch.autograd.functional.hessian(lambda v: loss(v, x, y), phi)
-    g = torch.func.grad(loss)(phi, data.query_x[0], data.query_y[0])
-    return hessian, g, unflat
+    return hessian, torch.func.grad(loss)(phi, data.query_x[0], data.query_y[0])
 
 
 def _truncated_cg(a, b, steps):
@@ -221,6 +234,47 @@ def test_an_indefinite_system_is_truncated_and_named_in_one_warning_line():
     assert "\n" not in str(record[0].message)
     torch.testing.assert_close(got, _truncated_cg(a, g, g.numel()), atol=1e-8, rtol=1e-8)
     assert (got - torch.linalg.solve(a, g)).norm() > 0.1 * got.norm()  # the untruncated solve would differ
+
+
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_the_authors_regime_pull_back_and_lam_damping_equal_a_dense_solve(execution, recwarn):
+    """pull_back + lam_damping (aravindr93/imaml_dev): phi = plain GD on the support loss, then one step
+    phi -= lr lam (phi - theta); meta-gradient ((1 + damping) I + H / (lam + lam_damping))^-1 grad L_query(phi),
+    H at that phi. Checked against a hand loop and torch.linalg.solve in float64, on both execution paths;
+    meta-test (adapt) runs the plain steps without the pull-back."""
+    data, lam, lr, steps, damping, lam_damping = batch(tasks=1, shots=6), 2.0, 0.1, 7, 1.0, 10.0
+    model = mlp((1, 3, 1))
+    plain, _, unflat = _dense_system(model, data, 0.0, lr, steps, hessian=False)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    phi = plain - lr * lam * (plain - theta)
+    hessian, g = _hessian_and_query_grad(model, data, phi, unflat)
+    a = torch.eye(g.numel(), dtype=torch.float64) * (1 + damping) + hessian / (lam + lam_damping)
+    imaml = IMAML(model, inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=g.numel(), damping=damping,
+                  lam_damping=lam_damping, pull_back=True, execution=execution)
+    torch.testing.assert_close(_imaml_grad(imaml, data), torch.linalg.solve(a, g), atol=1e-8, rtol=1e-8)
+    adapted = imaml.adapt(data.support_x[0], data.support_y[0])
+    torch.testing.assert_close(torch.cat([adapted[n].reshape(-1) for n, _ in model.named_parameters()]), plain,
+                               atol=1e-12, rtol=0)
+    assert not [w for w in recwarn if "negative curvature" in str(w.message)]
+
+
+def test_lam_damping_without_pull_back_keeps_the_proximal_inner_loop():
+    """lam_damping alone changes only the CG matrix: same phi as the paper's proximal loop."""
+    data, lam, lr, steps, lam_damping = batch(tasks=1, shots=6), 4.0, 0.05, 50, 10.0
+    model = mlp((1, 3, 1))
+    hessian, g, _ = _dense_system(model, data, lam, lr, steps)
+    a = torch.eye(g.numel(), dtype=torch.float64) + hessian / (lam + lam_damping)
+    imaml = IMAML(model, inner_lr=lr, inner_steps=steps, lam=lam, cg_steps=g.numel(), lam_damping=lam_damping)
+    torch.testing.assert_close(_imaml_grad(imaml, data), torch.linalg.solve(a, g), atol=1e-8, rtol=1e-8)
+
+
+def test_pull_back_and_lam_damping_reject_bad_values():
+    with pytest.raises(ValueError, match=r"lam_damping=-10.0; it must be a number >= 0"):
+        IMAML(mlp(), lam_damping=-10.0)
+    with pytest.raises(ValueError, match="pull_back='yes'; give true or false"):
+        IMAML(mlp(), pull_back="yes")
+    with pytest.raises(ValueError, match="pull_back=true takes plain gradient steps; drop one of the two"):
+        IMAML(mlp(), pull_back=True, max_grad_norm=1.0)
 
 
 def test_inner_gradient_clipping_bounds_each_proximal_step():

@@ -15,6 +15,11 @@ Departures: the paper's CG stops at a residual tolerance; here it runs exactly `
 support Hessian is indefinite (a non-convex inner loss far from a minimum), I + H / lam may have negative
 curvature along a search direction, where CG diverges: at the first direction with p'Ap <= 0 the solve
 is truncated (this and every later step is zero), as truncated-Newton / Hessian-free methods do.
+
+The authors' released code (aravindr93/imaml_dev, behind the paper's Omniglot numbers) departs from the
+paper's algorithm in two ways, both options here: ``pull_back`` (plain gradient steps on the support loss,
+then one proximal step phi <- phi - alpha lam (phi - theta); meta-test adapts with the plain steps, their
+``measure_accuracy --lam 0``) and ``lam_damping`` (their CG matrix is (1 + damping) I + H / (lam + 10)).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from fastmaml.algorithms.maml import MAML, FirstOrderOptions, MetaOptions
 from fastmaml.core import inner
 from fastmaml.core.objective import TaskContext, surrogate
 from fastmaml.core.params import Params, Selector, detached
-from fastmaml.core.rules import UpdateRule, proximal
+from fastmaml.core.rules import UpdateRule, proximal, sgd
 
 
 def _dot(a: Params, b: Params) -> Tensor:
@@ -95,18 +100,23 @@ NEGATIVE_CURVATURE = (
 
 @dataclasses.dataclass(frozen=True)
 class ImplicitObjective:
-    """Per task: the query loss at phi, with gradient (I (1 + damping) + H / lam)^-1 grad L_query(phi) (Lemma 1).
+    """Per task: the query loss at phi, with gradient ((1 + damping) I + H / (lam + lam_damping))^-1
+    grad L_query(phi) (Lemma 1 at damping = lam_damping = 0).
 
+    ``pull_back_lr`` > 0: phi is the inner loop's result moved once toward theta,
+    phi - pull_back_lr * lam * (phi - theta) (the authors' code; 0: no such step).
     ``aux`` is ``(negative_curvature,)``: whether the task's CG met a direction with p'Ap <= 0.
     """
 
     lam: float
     cg_steps: int
     damping: float = 0.0
+    lam_damping: float = 0.0
+    pull_back_lr: float = 0.0
 
     @property
     def key(self) -> Hashable:
-        return ("imaml", self.lam, self.cg_steps, self.damping)
+        return ("imaml", self.lam, self.cg_steps, self.damping, self.lam_damping, self.pull_back_lr)
 
     def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         # No outer graph: the meta-gradient is computed here (grad mode off makes the vmapped solve
@@ -117,11 +127,15 @@ class ImplicitObjective:
 
     def _solve(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, CGResult]:
         support_x, support_y, query_x, query_y = task
-        spec, buffers, lam, shift = ctx.spec, ctx.buffers, self.lam, 1.0 + self.damping
+        spec, buffers, shift = ctx.spec, ctx.buffers, 1.0 + self.damping
         # From detached weights (the proximal anchor): no graph through the inner loop, whose memory
         # is then independent of the number of steps.
         anchor = detached(ctx.params)
         phi = inner.adapt(spec, anchor, buffers, ctx.learned, support_x, support_y, ctx.steps)
+        if self.pull_back_lr:
+            pull = self.pull_back_lr * self.lam
+            phi = {n: p - pull * (p - anchor[n]) for n, p in phi.items()}
+        curvature = 1.0 / (self.lam + self.lam_damping)
 
         def loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
             # A private copy of the buffers: a module may update them in place (num_batches_tracked),
@@ -131,8 +145,8 @@ class ImplicitObjective:
         query_grad, query_loss = torch.func.grad_and_value(loss)(phi, query_x, query_y)
         # H v by reverse-over-reverse at phi; the vjp is built once and reused by every CG step.
         _, hvp = torch.func.vjp(lambda p: torch.func.grad(loss)(p, support_x, support_y), phi)  # type: ignore[misc]
-        solve = conjugate_gradient(lambda v: {n: shift * v[n] + t / lam for n, t in hvp(v)[0].items()}, query_grad,
-                                   self.cg_steps)
+        solve = conjugate_gradient(lambda v: {n: shift * v[n] + curvature * t for n, t in hvp(v)[0].items()},
+                                   query_grad, self.cg_steps)
         return query_loss, solve
 
     def finish(self, aux: tuple[Tensor, ...]) -> None:
@@ -152,6 +166,8 @@ class IMAMLOptions(FirstOrderOptions):
     lam: float = 1.0
     cg_steps: int = 5
     damping: float = 0.0
+    lam_damping: float = 0.0
+    pull_back: bool = False
     max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
@@ -160,10 +176,15 @@ class IMAMLOptions(FirstOrderOptions):
             raise ValueError(f"lam={self.lam!r}; iMAML's proximal strength lambda must be a number > 0")
         if isinstance(self.cg_steps, bool) or not isinstance(self.cg_steps, numbers.Integral) or self.cg_steps < 1:
             raise ValueError(f"cg_steps={self.cg_steps!r}; conjugate gradient needs an integer >= 1 iterations")
-        for name in ("damping", "max_grad_norm"):
+        for name in ("damping", "lam_damping", "max_grad_norm"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name}={value!r}; it must be a number >= 0 (0: off)")
+        if not isinstance(self.pull_back, bool):
+            raise ValueError(f"pull_back={self.pull_back!r}; give true or false")
+        if self.pull_back and self.max_grad_norm:
+            raise ValueError("max_grad_norm clips the proximal inner gradient, but pull_back=true takes plain "
+                             "gradient steps; drop one of the two")
 
 
 class IMAML(MAML):
@@ -173,7 +194,11 @@ class IMAML(MAML):
     uses 0.5-2); ``cg_steps``, conjugate-gradient iterations (>= 1) for the implicit meta-gradient;
     ``damping``, delta >= 0 added to the CG matrix, I (1 + delta) + H / lam (the iMAML authors' code
     uses 1.0 on Omniglot): it keeps the system positive definite where H has negative eigenvalues
-    down to -lam (1 + delta), at the price of a biased (shrunk) meta-gradient; ``max_grad_norm``,
+    down to -lam (1 + delta), at the price of a biased (shrunk) meta-gradient; ``lam_damping``, added to
+    lam in the CG matrix only, (1 + delta) I + H / (lam + lam_damping) (the authors' code: 10), which
+    damps the Hessian's share further; ``pull_back``, the authors' inner solver instead of the paper's:
+    ``inner_steps`` plain gradient steps on the support loss, then one step phi -= alpha lam (phi - theta),
+    with meta-test (``adapt``, evaluation) running the plain steps alone; ``max_grad_norm``,
     clip each task's inner proximal gradient to this global norm (0: off), which keeps large-target
     regression from overshooting in the inner loop. The others: as :class:`MAML`; every parameter
     adapts. ``first_order`` is True because the inner loop keeps no graph; the meta-gradient is the
@@ -195,8 +220,13 @@ class IMAML(MAML):
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
         self.lam, self.cg_steps = float(self.options.lam), int(self.options.cg_steps)
-        self.objective = ImplicitObjective(self.lam, self.cg_steps, float(self.options.damping))
+        options = self.options
+        pull_back_lr = float(options.inner_lr) if options.pull_back else 0.0
+        self.objective = ImplicitObjective(self.lam, self.cg_steps, float(options.damping),
+                                           float(options.lam_damping), pull_back_lr)
 
     def inner_rule(self, options: MetaOptions) -> UpdateRule:
+        if options.pull_back:  # type: ignore[attr-defined]
+            return sgd(options.inner_lr)
         max_norm = float(options.max_grad_norm) or None  # type: ignore[attr-defined]
         return proximal(options.inner_lr, float(options.lam), max_grad_norm=max_norm)  # type: ignore[attr-defined]
