@@ -273,8 +273,37 @@ def test_pull_back_and_lam_damping_reject_bad_values():
         IMAML(mlp(), lam_damping=-10.0)
     with pytest.raises(ValueError, match="pull_back='yes'; give true or false"):
         IMAML(mlp(), pull_back="yes")
-    with pytest.raises(ValueError, match="pull_back=true takes plain gradient steps; drop one of the two"):
-        IMAML(mlp(), pull_back=True, max_grad_norm=1.0)
+
+
+def test_pull_back_with_clipping_runs_clipped_plain_steps():
+    """pull_back + max_grad_norm: phi <- phi - lr * clip(grad L(phi)), no proximal term in the steps."""
+    data, lr, clip = batch(), 0.3, 0.05
+    imaml = IMAML(mlp(), inner_lr=lr, inner_steps=3, lam=2.0, pull_back=True, max_grad_norm=clip)
+    phi = {n: p.detach() for n, p in imaml.model.named_parameters()}
+    for _ in range(3):
+        current = {n: p.clone().requires_grad_() for n, p in phi.items()}
+        loss = F.mse_loss(torch.func.functional_call(imaml.model, current, (data.support_x[0],)), data.support_y[0])
+        g = dict(zip(current, torch.autograd.grad(loss, tuple(current.values()))))
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g.values()))
+        assert norm > clip
+        phi = {n: phi[n] - lr * g[n] * clip / norm for n in phi}
+    adapted = imaml.adapt(data.support_x[0], data.support_y[0])
+    for n in phi:
+        torch.testing.assert_close(adapted[n], phi[n], atol=1e-12, rtol=0)
+
+
+def test_a_diverging_imaml_run_names_its_knobs_in_one_line(tmp_path, capsys):
+    """An inner loop that blows up (inner_lr 100) stops the run with the trainer's one-line error plus
+    iMAML's own advice: clipping, fewer/smaller steps, an annealed outer rate."""
+    from fastmaml.cli import main
+
+    argv = ["train", "sinusoid", "algorithm=imaml", "inner_lr=100", "inner_steps=4", "iterations=3",
+            "meta_batch_size=2", "compile=false", "baseline_iterations=0", "--out", str(tmp_path / "run"),
+            "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "became non-finite" in err
+    assert "algorithm_options.max_grad_norm" in err and "lr_schedule=cosine" in err
 
 
 def test_inner_gradient_clipping_bounds_each_proximal_step():

@@ -93,8 +93,9 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
 
 NEGATIVE_CURVATURE = (
     "iMAML: I + H/lam had negative curvature on {count} of {tasks} tasks (the inner problem is not at a minimum "
-    "there); their conjugate-gradient solve was truncated. Raise lam, set algorithm_options.damping (e.g. 1.0), "
-    "or solve the inner problem further (more inner_steps, a smaller inner_lr, algorithm_options.max_grad_norm)"
+    "there); their conjugate-gradient solve was truncated. Raise lam, set algorithm_options.damping (e.g. 1.0) "
+    "or algorithm_options.lam_damping (e.g. 10, as the authors' code), or solve the inner problem further "
+    "(more inner_steps, a smaller inner_lr, algorithm_options.max_grad_norm)"
 )
 
 
@@ -182,9 +183,6 @@ class IMAMLOptions(FirstOrderOptions):
                 raise ValueError(f"{name}={value!r}; it must be a number >= 0 (0: off)")
         if not isinstance(self.pull_back, bool):
             raise ValueError(f"pull_back={self.pull_back!r}; give true or false")
-        if self.pull_back and self.max_grad_norm:
-            raise ValueError("max_grad_norm clips the proximal inner gradient, but pull_back=true takes plain "
-                             "gradient steps; drop one of the two")
 
 
 class IMAML(MAML):
@@ -198,9 +196,9 @@ class IMAML(MAML):
     lam in the CG matrix only, (1 + delta) I + H / (lam + lam_damping) (the authors' code: 10), which
     damps the Hessian's share further; ``pull_back``, the authors' inner solver instead of the paper's:
     ``inner_steps`` plain gradient steps on the support loss, then one step phi -= alpha lam (phi - theta),
-    with meta-test (``adapt``, evaluation) running the plain steps alone; ``max_grad_norm``,
-    clip each task's inner proximal gradient to this global norm (0: off), which keeps large-target
-    regression from overshooting in the inner loop. The others: as :class:`MAML`; every parameter
+    with meta-test (``adapt``, evaluation) running the plain steps alone; ``max_grad_norm``, clip each
+    task's inner gradient (proximal, or plain with ``pull_back``) to this global norm (0: off), which keeps
+    large-target regression from overshooting in the inner loop. The others: as :class:`MAML`; every parameter
     adapts. ``first_order`` is True because the inner loop keeps no graph; the meta-gradient is the
     implicit one, not the first-order one.
 
@@ -225,8 +223,13 @@ class IMAML(MAML):
         self.objective = ImplicitObjective(self.lam, self.cg_steps, float(options.damping),
                                            float(options.lam_damping), pull_back_lr)
 
+    # The trainer adds this to its error when the outer loss or meta-gradient turns non-finite.
+    divergence_hint = ("; iMAML's implicit meta-gradient does not see its inner loop blow up: clip it with "
+                       "algorithm_options.max_grad_norm (e.g. 10), take fewer or smaller inner steps, or anneal "
+                       "the outer rate (lr_schedule=cosine)")
+
     def inner_rule(self, options: MetaOptions) -> UpdateRule:
-        if options.pull_back:  # type: ignore[attr-defined]
-            return sgd(options.inner_lr)
         max_norm = float(options.max_grad_norm) or None  # type: ignore[attr-defined]
+        if options.pull_back:  # type: ignore[attr-defined]
+            return sgd(options.inner_lr, max_grad_norm=max_norm)
         return proximal(options.inner_lr, float(options.lam), max_grad_norm=max_norm)  # type: ignore[attr-defined]

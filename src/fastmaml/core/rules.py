@@ -80,10 +80,17 @@ class UpdateRule:
         return new
 
 
-def sgd(lr: float) -> UpdateRule:
-    """Plain gradient descent with a fixed rate: theta' = theta - lr * g (MAML, eq. 1)."""
+def sgd(lr: float, max_grad_norm: float | None = None) -> UpdateRule:
+    """Plain gradient descent with a fixed rate: theta' = theta - lr * g (MAML, eq. 1).
+
+    ``max_grad_norm`` clips g to that global norm first (None: no clipping).
+    """
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={max_grad_norm!r}; give a number > 0, or None for no clipping")
 
     def update(grads: Params, state: EmptyState, params: Params, learned: Params, step: int):
+        if max_grad_norm is not None:
+            grads = clip_by_global_norm(grads, max_grad_norm)
         return {name: p - lr * grads[name] for name, p in params.items()}, state
 
     return UpdateRule("sgd", update)

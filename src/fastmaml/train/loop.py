@@ -95,8 +95,10 @@ def make_step(algorithm: Any) -> Step:
     return step
 
 
-def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str) -> None:
-    """Stop before a non-finite loss or meta-gradient reaches the weights (and so any checkpoint)."""
+def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str, hint: str = "") -> None:
+    """Stop before a non-finite loss or meta-gradient reaches the weights (and so any checkpoint).
+
+    ``hint``: the algorithm's own advice (its ``divergence_hint``), appended to the one-line error."""
     value = loss.item()
     grads = [p.grad.detach().abs().amax() for p in params if p.grad is not None and p.grad.numel()]
     # amax propagates NaN; one sync for all parameters
@@ -104,7 +106,7 @@ def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept:
         return
     what = "outer loss" if not math.isfinite(value) else "meta-gradient"
     raise FloatingPointError(f"the {what} became non-finite (loss {value}) at iteration {iteration}: lower "
-                             f"inner_lr or outer_lr, or check the data for NaN/inf{kept}")
+                             f"inner_lr or outer_lr, or check the data for NaN/inf{hint}{kept}")
 
 
 class Progress:
@@ -189,7 +191,7 @@ def meta_train(
             loss, (stopping, out_of_time) = dist.allreduce_grads(
                 params, loss, (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
             kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
-            check_finite(loss, params, state.iteration + 1, kept)
+            check_finite(loss, params, state.iteration + 1, kept, getattr(algorithm, "divergence_hint", ""))
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
