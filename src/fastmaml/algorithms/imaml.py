@@ -217,8 +217,8 @@ class IMAML(MAML):
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
-        self.lam, self.cg_steps = float(self.options.lam), int(self.options.cg_steps)
         options = self.options
+        self.lam, self.cg_steps = float(options.lam), int(options.cg_steps)
         pull_back_lr = float(options.inner_lr) if options.pull_back else 0.0
         self.objective = ImplicitObjective(self.lam, self.cg_steps, float(options.damping),
                                            float(options.lam_damping), pull_back_lr)
