@@ -8,7 +8,7 @@ from torch import nn
 import fastmaml as fm
 from algo_helpers import batch, grads, mlp
 from fastmaml.algorithms import IMAML, build
-from fastmaml.algorithms.imaml import conjugate_gradient
+from fastmaml.algorithms.imaml import ImplicitObjective, conjugate_gradient
 
 
 def test_conjugate_gradient_solves_an_spd_system_and_survives_a_zero_rhs():
@@ -330,3 +330,13 @@ def test_damping_and_clipping_reject_bad_values():
         IMAML(mlp(), damping=-1.0)
     with pytest.raises(ValueError, match="max_grad_norm='x'; it must be a number >= 0"):
         build("imaml", mlp(), max_grad_norm="x")
+
+
+def test_the_negative_curvature_warning_names_the_matrix_cg_solved():
+    """The damping options change the CG matrix; the warning names the one that was indefinite."""
+    assert ImplicitObjective(lam=2.0, cg_steps=5).matrix == "I + H/lam"
+    assert ImplicitObjective(lam=2.0, cg_steps=5, damping=1.0).matrix == "2 I + H/lam"
+    assert ImplicitObjective(lam=2.0, cg_steps=5, damping=1.0, lam_damping=10.0).matrix == "2 I + H/12"
+    with pytest.warns(RuntimeWarning, match=r"^iMAML: 2 I \+ H/12 had negative curvature on 1 of 3 tasks"):
+        ImplicitObjective(lam=2.0, cg_steps=5, damping=1.0, lam_damping=10.0).finish(
+            (torch.tensor([False, True, False]),))

@@ -92,7 +92,7 @@ def conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: int
 
 
 NEGATIVE_CURVATURE = (
-    "iMAML: I + H/lam had negative curvature on {count} of {tasks} tasks (the inner problem is not at a minimum "
+    "iMAML: {matrix} had negative curvature on {count} of {tasks} tasks (the inner problem is not at a minimum "
     "there); their conjugate-gradient solve was truncated. Raise lam, set algorithm_options.damping (e.g. 1.0) "
     "or algorithm_options.lam_damping (e.g. 10, as the authors' code), or solve the inner problem further "
     "(more inner_steps, a smaller inner_lr, algorithm_options.max_grad_norm)"
@@ -155,7 +155,14 @@ class ImplicitObjective:
         (negative,) = aux  # (tasks,) bool
         count = int(negative.sum())
         if count:
-            warnings.warn(NEGATIVE_CURVATURE.format(count=count, tasks=negative.numel()), RuntimeWarning, stacklevel=2)
+            message = NEGATIVE_CURVATURE.format(matrix=self.matrix, count=count, tasks=negative.numel())
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    @property
+    def matrix(self) -> str:
+        """The CG system's matrix as the warning names it: I + H/lam unless damped."""
+        identity = f"{1.0 + self.damping:g} I" if self.damping else "I"
+        return f"{identity} + H/{self.lam + self.lam_damping:g}" if self.lam_damping else f"{identity} + H/lam"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,16 +78,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
     eval_path = run_dir / runs.EVAL
     results = json.loads(eval_path.read_text()) if eval_path.is_file() else runs.evaluate_run(run_dir)
     history = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    if config.env == "navigation2d":
+    navigation = config.env == "navigation2d"  # the only family whose behaviour draws as a path
+    fig, axes = plt.subplots(1, 3 if navigation else 2, figsize=(17 if navigation else 12, 5))
+    if navigation:
         family = runs.build_family(config)
         test_stream = torch.Generator().manual_seed(config.seed + runs.TEST_STREAM)  # meta-test goals
         goals = [t["goal"] for t in family.sample_tasks(3, test_stream)]
         trajectories_panel(axes[0], learner, goals, 1, seed)
-    else:
-        axes[0].set_visible(False)
-    steps_panel(axes[1], results)
-    curve_panel(axes[2], history)
+    steps_panel(axes[-2], results)
+    curve_panel(axes[-1], history)
     fig.tight_layout()
     path = Path(out) if out is not None else run_dir / "plot.png"
     fig.savefig(path, dpi=100)
