@@ -9,7 +9,13 @@ import torch
 pytest.importorskip("gymnasium")
 pytest.importorskip("mujoco")
 
-from fastmaml.rl.locomotion import CTRL_COST, HalfCheetahDir, HalfCheetahVel, cheetah_model  # noqa: E402
+from fastmaml.rl.locomotion import (  # noqa: E402
+    CTRL_COST,
+    HalfCheetahDir,
+    HalfCheetahVel,
+    cheetah_model,
+    model_warnings,
+)
 
 
 def scripted(actions: np.ndarray):
@@ -89,3 +95,20 @@ def test_bad_family_options_and_a_missing_mujoco(monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)
     with pytest.raises(ImportError, match=r"pip install 'fastmaml\[rl\]'"):
         HalfCheetahVel().rollout(scripted(np.zeros((1, 1, 6))), [{"velocity": 1.0}], 1, 1)
+
+
+def test_model_compilation_is_quiet_and_forwards_other_warnings(tmp_path, monkeypatch, recwarn):
+    """gymnasium's model file trips a MuJoCo deprecation that users cannot act on: no stderr line and no
+    MUJOCO_LOG.TXT in the working folder; any other MuJoCo warning becomes a Python warning; the previous
+    handler comes back."""
+    import mujoco
+
+    monkeypatch.chdir(tmp_path)
+    before = mujoco.get_mju_user_warning()
+    HalfCheetahVel().make_env({"velocity": 1.0}).close()  # compiles half_cheetah.xml through gymnasium
+    assert not list(tmp_path.iterdir())
+    assert not [w for w in recwarn if "MuJoCo" in str(w.message)]
+    with pytest.warns(RuntimeWarning, match=r"^MuJoCo: something else$"):
+        with model_warnings():
+            mujoco.get_mju_user_warning()("something else")
+    assert mujoco.get_mju_user_warning() is before

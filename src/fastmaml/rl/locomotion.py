@@ -24,9 +24,11 @@ then, as any chaotic system does, drifts trajectory by trajectory (tests/test_rl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -49,12 +51,34 @@ def _mujoco():
     return mujoco, rollout
 
 
+# MuJoCo >= 3.3 deprecates an attribute of gymnasium's own half_cheetah.xml; not something a user can act on.
+KNOWN_MODEL_WARNINGS = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+@contextlib.contextmanager
+def model_warnings() -> Iterator[None]:
+    """Compile MuJoCo models without MuJoCo printing to stderr and writing MUJOCO_LOG.TXT into the working
+    folder: its warnings become Python warnings, except the known deprecation in gymnasium's model file.
+    The previous handler (the user's, or MuJoCo's default) is restored afterwards."""
+    mujoco, _ = _mujoco()
+    previous, caught = mujoco.get_mju_user_warning(), []
+    mujoco.set_mju_user_warning(caught.append)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+    for message in caught:
+        if not message.startswith(KNOWN_MODEL_WARNINGS):
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=3)
+
+
 @functools.lru_cache(maxsize=1)
 def cheetah_model():
     """gymnasium's HalfCheetah model (``half_cheetah.xml``), compiled once."""
     mujoco, _ = _mujoco()
     path = os.path.join(os.path.dirname(gymnasium().__file__), "envs", "mujoco", "assets", "half_cheetah.xml")
-    return mujoco.MjModel.from_xml_path(path)
+    with model_warnings():
+        return mujoco.MjModel.from_xml_path(path)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +127,8 @@ class _HalfCheetahTasks:
     def make_env(self, task: dict):
         gym = gymnasium()
         _mujoco()
-        env = gym.make("HalfCheetah-v5", max_episode_steps=self.horizon)
+        with model_warnings():
+            env = gym.make("HalfCheetah-v5", max_episode_steps=self.horizon)
         family = self
 
         def reward(velocity: float, action: np.ndarray) -> float:
