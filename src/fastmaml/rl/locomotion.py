@@ -61,7 +61,8 @@ def model_warnings() -> Iterator[None]:
     folder: its warnings become Python warnings, except the known deprecation in gymnasium's model file.
     The previous handler (the user's, or MuJoCo's default) is restored afterwards."""
     mujoco, _ = _mujoco()
-    previous, caught = mujoco.get_mju_user_warning(), []
+    previous = mujoco.get_mju_user_warning()
+    caught: list[str] = []
     mujoco.set_mju_user_warning(caught.append)
     try:
         yield
