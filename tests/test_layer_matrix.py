@@ -310,7 +310,10 @@ FINITE_DIFFERENCES = ["layernorm", "instancenorm1d", "batchnorm2d", "transformer
 @pytest.mark.parametrize("family", FINITE_DIFFERENCES)
 def test_second_order_matches_finite_differences(family):
     """The vmapped meta-gradient along a random direction against central differences of the meta-loss,
-    extrapolated twice (Richardson: error O(h^6), about 1e-11 here; one level left 5e-9 on instance norm)."""
+    extrapolated twice (Richardson: truncation error O(h^6), about 1e-11 here; one level left 5e-9 on instance
+    norm). What is left is rounding: eps |L| / h amplified by the extrapolation, which other CPUs' kernels make
+    larger (1.4e-9 relative on the transformer on CI's machine), so the bound is 1e-8; dropping the second-order
+    terms moves these four by 10 % to 300 %."""
     model, batch = problem(FAMILIES[family])
     _, grads = fastmaml_gradient(model, batch, False, "vmap")
     params = dict(model.named_parameters())
@@ -335,7 +338,7 @@ def test_second_order_matches_finite_differences(family):
     h = 1e-4
     d1, d2, d4 = central(h), central(h / 2), central(h / 4)
     numeric = (16 * (4 * d4 - d2) / 3 - (4 * d2 - d1) / 3) / 15
-    assert numeric == pytest.approx(analytic, rel=1e-9)
+    assert numeric == pytest.approx(analytic, rel=1e-8)
 
 
 def test_vmap_tasks_draw_different_dropout_masks():
