@@ -3,10 +3,11 @@ goal velocity, and HalfCheetah running forward or backward.
 
 The physics is gymnasium's ``HalfCheetah-v5`` (its model file, the maintained ``mujoco`` bindings; no
 mujoco-py, no old gym): 17-dimensional observations (joint positions without the x position, joint
-velocities), 6 actions in [-1, 1], 5 physics steps of 0.01 s per step, the start pose perturbed by U(-0.1,
-0.1) in position and 0.1 N(0, 1) in velocity, no termination; ``make_env`` truncates episodes at 200 steps by
-default (the paper's ``max_path_length``; the recipes' ``horizon: 200`` sets training's). The rewards are
-those of the original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
+velocities), 6 actions in [-1, 1], ``frame_skip`` physics steps of 0.01 s per step (HalfCheetah-v5's 5 by
+default; the paper's rllab model steps once, 0.01 s, so its 200 steps are 2 s, not 10), the start pose
+perturbed by U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination; ``make_env`` truncates
+episodes at 200 steps by default (the paper's ``max_path_length``; the recipes' ``horizon: 200`` sets
+training's). The rewards are those of the original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
 
 - :class:`HalfCheetahVel`: goal velocity v ~ U[0, 2]; reward = -|forward velocity - v| - 0.05 ||a||^2.
 - :class:`HalfCheetahDir`: direction d in {-1, +1}; reward = d * forward velocity - 0.05 ||a||^2.
@@ -37,7 +38,7 @@ from torch import Tensor
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
 
-FRAME_SKIP = 5  # physics steps per environment step (HalfCheetah-v5)
+FRAME_SKIP = 5  # physics steps per environment step (HalfCheetah-v5; rllab's half_cheetah.xml, the paper's: 1)
 CTRL_COST = 0.05  # maml_rl's control-cost weight, both tasks
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
 
@@ -105,13 +106,16 @@ def _reward_wrapper():
 class _HalfCheetahTasks:
     """What both families share: the environments, the batched rollout, the reward by task."""
 
-    def __init__(self, horizon: int = 200, threads: int = 0) -> None:
+    def __init__(self, horizon: int = 200, threads: int = 0, frame_skip: int = FRAME_SKIP) -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
+        if frame_skip < 1:
+            raise ValueError(f"frame_skip={frame_skip}; use 1 (the paper's 0.01 s step) or more physics steps per step")
         if threads < 0:
             raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
         self.horizon = horizon
         self.threads = threads or os.cpu_count() or 1
+        self.frame_skip = frame_skip
         self._datas: list = []
 
     # -- the task: subclasses say what it is and how it is rewarded -----------------------------------
@@ -129,7 +133,7 @@ class _HalfCheetahTasks:
         gym = gymnasium()
         _mujoco()
         with model_warnings():
-            env = gym.make("HalfCheetah-v5", max_episode_steps=self.horizon)
+            env = gym.make("HalfCheetah-v5", frame_skip=self.frame_skip, max_episode_steps=self.horizon)
         family = self
 
         def reward(velocity: float, action: np.ndarray) -> float:
@@ -151,15 +155,15 @@ class _HalfCheetahTasks:
         envs = len(tasks) * trajectories
         per_env = [task for task in tasks for _ in range(trajectories)]
         state = self._start(model, envs, generator)
-        dt = model.opt.timestep * FRAME_SKIP
+        dt = model.opt.timestep * self.frame_skip
         ones = torch.ones(len(tasks), trajectories, dtype=dtype)  # no termination: every step counts
         steps = []
         for t in range(horizon):
             obs = torch.as_tensor(_observation(state), dtype=dtype).view(len(tasks), trajectories, -1)
             actions, output = act(obs)
             applied = np.clip(actions.detach().double().numpy().reshape(envs, -1), -1.0, 1.0)
-            control = np.repeat(applied[:, None, :], FRAME_SKIP, axis=1)
-            states, _ = rollout.rollout(model, self._datas, state, control, nstep=FRAME_SKIP, persistent_pool=True)
+            control = np.repeat(applied[:, None, :], self.frame_skip, axis=1)
+            states, _ = rollout.rollout(model, self._datas, state, control, nstep=self.frame_skip, persistent_pool=True)
             new_state = states[:, -1]
             # MuJoCo resets an unstable simulation to its start, which resets its clock: a clock behind
             # (t + 1) * dt, or a non-finite number, is a diverged simulation.
@@ -198,10 +202,11 @@ class HalfCheetahVel(_HalfCheetahTasks):
         True
     """
 
-    def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 200, threads: int = 0) -> None:
+    def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 200, threads: int = 0,
+                 frame_skip: int = FRAME_SKIP) -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
-        super().__init__(horizon, threads)
+        super().__init__(horizon, threads, frame_skip)
         self.low, self.high = low, high
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
