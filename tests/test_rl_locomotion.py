@@ -29,10 +29,12 @@ def scripted(actions: np.ndarray):
     return act
 
 
-@pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir()], ids=["vel", "dir"])
+@pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir(), HalfCheetahVel(frame_skip=1)],
+                         ids=["vel", "dir", "vel-paper-step"])
 def test_batched_rollout_is_gymnasiums_half_cheetah(family):
     """Same start state and actions: the batched rollout's observations and rewards are gymnasium's
-    HalfCheetah-v5 with the task's reward, bit for bit while the solver's warm start does not matter."""
+    HalfCheetah-v5 (with the family's frame_skip) with the task's reward, bit for bit while the solver's
+    warm start does not matter."""
     tasks = family.sample_tasks(2, torch.Generator().manual_seed(0))
     steps = 8
     actions = np.random.default_rng(0).uniform(-1.5, 1.5, (steps, 2 * 3, 6))  # beyond the bounds: clipped
@@ -92,6 +94,8 @@ def test_bad_family_options_and_a_missing_mujoco(monkeypatch):
         HalfCheetahVel(low=2, high=1)
     with pytest.raises(ValueError, match="horizon=0"):
         HalfCheetahDir(horizon=0)
+    with pytest.raises(ValueError, match="frame_skip=0"):
+        HalfCheetahVel(frame_skip=0)
     monkeypatch.setitem(sys.modules, "mujoco", None)
     with pytest.raises(ImportError, match=r"pip install 'fastmaml\[rl\]'"):
         HalfCheetahVel().rollout(scripted(np.zeros((1, 1, 6))), [{"velocity": 1.0}], 1, 1)
