@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastmaml.rl.locomotion import CTRL_COST, HalfCheetahVel
-from fastmaml.rl.policies import GaussianPolicy
+from fastmaml.rl.policies import GaussianPolicy, sample
 
 
 def main(run: str, frame_skip: int) -> None:
@@ -35,8 +35,7 @@ def main(run: str, frame_skip: int) -> None:
             root_v, com_v = [], []
             for _ in range(200):
                 with torch.no_grad():
-                    mean, log_std = policy(torch.as_tensor(obs, dtype=torch.float32))
-                    action = (mean + log_std.exp() * torch.randn(mean.shape, generator=generator)).numpy()
+                    action = sample(policy(torch.as_tensor(obs, dtype=torch.float32)), generator).numpy()
                 obs, reward, _, _, info = env.step(action)
                 mujoco.mj_forward(model, data)
                 mujoco.mj_subtreeVel(model, data)
