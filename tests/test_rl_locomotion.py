@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("gymnasium")
-pytest.importorskip("mujoco")
+mujoco = pytest.importorskip("mujoco")
 
 from fastmaml.rl.locomotion import (  # noqa: E402
     CTRL_COST,
@@ -15,6 +15,7 @@ from fastmaml.rl.locomotion import (  # noqa: E402
     HalfCheetahVel,
     cheetah_model,
     model_warnings,
+    torso_com,
 )
 
 
@@ -29,8 +30,9 @@ def scripted(actions: np.ndarray):
     return act
 
 
-@pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir(), HalfCheetahVel(frame_skip=1)],
-                         ids=["vel", "dir", "vel-paper-step"])
+@pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir(), HalfCheetahVel(frame_skip=1),
+                                    HalfCheetahVel(frame_skip=1, observe_com=True, start_noise="normal")],
+                         ids=["vel", "dir", "vel-paper-step", "vel-rllab"])
 def test_batched_rollout_is_gymnasiums_half_cheetah(family):
     """Same start state and actions: the batched rollout's observations and rewards are gymnasium's
     HalfCheetah-v5 (with the family's frame_skip) with the task's reward, bit for bit while the solver's
@@ -39,20 +41,43 @@ def test_batched_rollout_is_gymnasiums_half_cheetah(family):
     steps = 8
     actions = np.random.default_rng(0).uniform(-1.5, 1.5, (steps, 2 * 3, 6))  # beyond the bounds: clipped
     episodes = family.rollout(scripted(actions), tasks, 3, steps, torch.float64, torch.Generator().manual_seed(1))
-    assert episodes.observations.shape == (2, 3, steps, 17)
+    assert episodes.observations.shape == (2, 3, steps, 20 if family.observe_com else 17)
     start = family._start(cheetah_model(), 6, torch.Generator().manual_seed(1))
     for env_index in (0, 4):
         task, trajectory = divmod(env_index, 3)
         env = family.make_env(tasks[task])
         env.reset(seed=0)
         env.unwrapped.set_state(start[env_index, 1:10], start[env_index, 10:])
-        obs = env.unwrapped._get_obs()
+        obs = env.observation()
+        assert env.observation_space.shape == obs.shape
         for t in range(steps):
             np.testing.assert_allclose(episodes.observations[task, trajectory, t].numpy(), obs, rtol=0, atol=1e-12)
             obs, reward, terminated, truncated, _ = env.step(np.clip(actions[t, env_index], -1, 1))
             assert reward == pytest.approx(episodes.rewards[task, trajectory, t].item(), abs=1e-10)
             assert not terminated
     assert bool((episodes.mask == 1).all())
+
+
+def test_the_torso_centre_of_mass_is_mujoco_s():
+    model = cheetah_model()
+    qpos = np.random.default_rng(0).normal(0, 0.5, (20, model.nq))
+    data = mujoco.MjData(model)
+    for env, position in enumerate(qpos):
+        data.qpos[:] = position
+        mujoco.mj_forward(model, data)
+        np.testing.assert_allclose(torso_com(model, qpos)[env], data.subtree_com[1], rtol=0, atol=1e-12)
+    moved = qpos + np.eye(model.nq)[0]  # one metre forward: the centre of mass moves with it
+    np.testing.assert_allclose(torso_com(model, moved), torso_com(model, qpos) + [1, 0, 0], rtol=0, atol=1e-12)
+
+
+def test_start_poses_with_rllab_s_noise():
+    family = HalfCheetahVel(start_noise="normal")
+    start = family._start(cheetah_model(), 4000, torch.Generator().manual_seed(0))
+    qpos_noise = start[:, 1:10] - cheetah_model().qpos0
+    assert np.std(qpos_noise) == pytest.approx(0.01, rel=0.05) and np.std(start[:, 10:]) == pytest.approx(0.1, rel=0.05)
+    env = family.make_env(family.sample_tasks(1, torch.Generator().manual_seed(0))[0])
+    positions = np.array([env.reset(seed=seed)[0][:8] for seed in range(300)])  # qpos[1:]
+    assert np.std(positions - cheetah_model().qpos0[1:]) == pytest.approx(0.01, rel=0.15)
 
 
 def test_rewards_are_maml_rl_s():
@@ -96,6 +121,8 @@ def test_bad_family_options_and_a_missing_mujoco(monkeypatch):
         HalfCheetahDir(horizon=0)
     with pytest.raises(ValueError, match="frame_skip=0"):
         HalfCheetahVel(frame_skip=0)
+    with pytest.raises(ValueError, match="start_noise='gauss'; use uniform"):
+        HalfCheetahVel(start_noise="gauss")
     monkeypatch.setitem(sys.modules, "mujoco", None)
     with pytest.raises(ImportError, match=r"pip install 'fastmaml\[rl\]'"):
         HalfCheetahVel().rollout(scripted(np.zeros((1, 1, 6))), [{"velocity": 1.0}], 1, 1)

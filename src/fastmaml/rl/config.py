@@ -68,6 +68,7 @@ class RLConfig:
     checkpoint_every: int = 50
     eval_tasks: int = 40
     eval_inner_steps: int = 3
+    eval_trajectories: int = 0  # episodes per inner step at meta-test; 0: ``trajectories``
     baseline_iterations: int = 100
 
     def __post_init__(self) -> None:
@@ -78,7 +79,7 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")
         for name in ("inner_steps", "iterations", "checkpoint_every", "eval_inner_steps", "baseline_iterations",
-                     "threads", "inner_lr", "cg_damping", "max_minutes"):
+                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 0")
         for name in ("max_kl", "outer_lr"):

@@ -41,6 +41,8 @@ from fastmaml.rl.episodes import Episodes
 FRAME_SKIP = 5  # physics steps per environment step (HalfCheetah-v5; rllab's half_cheetah.xml, the paper's: 1)
 CTRL_COST = 0.05  # maml_rl's control-cost weight, both tasks
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
+START_NOISES = ("uniform", "normal")  # HalfCheetah-v5's start pose; rllab's (MujocoEnv.reset_mujoco), the paper's
+RLLAB_POSITION_NOISE = 0.01  # rllab: qpos0 + 0.01 N(0, 1), qvel 0.1 N(0, 1)
 
 
 def _mujoco():
@@ -83,36 +85,80 @@ def cheetah_model():
         return mujoco.MjModel.from_xml_path(path)
 
 
+def torso_com(model, qpos: np.ndarray, data=None) -> np.ndarray:
+    """The torso subtree's centre of mass (envs, 3) for joint positions ``qpos`` (envs, nq): MuJoCo's own
+    ``subtree_com`` after ``mj_kinematics`` and ``mj_comPos`` (rllab's ``get_body_com("torso")``), one
+    environment at a time on ``data`` (a scratch ``MjData``; about 4 microseconds each)."""
+    mujoco, _ = _mujoco()
+    data = mujoco.MjData(model) if data is None else data
+    torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
+    out = np.empty((qpos.shape[0], 3))
+    for env, position in enumerate(qpos):
+        data.qpos[:] = position
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_comPos(model, data)
+        out[env] = data.subtree_com[torso]
+    return out
+
+
 @functools.lru_cache(maxsize=1)
-def _reward_wrapper():
+def _task_wrapper():
     """The wrapper class, defined once gymnasium is imported (it is an optional dependency)."""
     gym = gymnasium()
 
-    class TaskReward(gym.Wrapper):  # type: ignore[name-defined]  # gymnasium is imported lazily
-        """HalfCheetah-v5 whose reward is ``reward(x_velocity, action)`` of one task."""
+    class TaskEnv(gym.Wrapper):  # type: ignore[name-defined]  # gymnasium is imported lazily
+        """HalfCheetah-v5 whose reward is ``reward(x_velocity, action)`` of one task; optionally rllab's
+        start pose (``start_noise="normal"``) and observation (``observe_com``: the torso subtree's centre
+        of mass appended, 20 numbers)."""
 
-        def __init__(self, env, reward: Callable[[float, np.ndarray], float]) -> None:
+        def __init__(self, env, reward: Callable[[float, np.ndarray], float], observe_com: bool = False,
+                     start_noise: str = "uniform") -> None:
             super().__init__(env)
-            self._reward = reward
+            self._reward, self._observe_com, self._start_noise = reward, observe_com, start_noise
+            self._scratch = _mujoco()[0].MjData(env.unwrapped.model)  # torso_com's; the env's data stays as is
+            if observe_com:
+                size = env.observation_space.shape[0] + 3
+                self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float64)
+
+        def observation(self) -> np.ndarray:
+            """The observation of the current state."""
+            cheetah = self.env.unwrapped
+            obs = cheetah._get_obs()
+            if self._observe_com:
+                obs = np.concatenate([obs, torso_com(cheetah.model, cheetah.data.qpos[None], self._scratch)[0]])
+            return obs
+
+        def reset(self, *, seed=None, options=None):
+            _, info = self.env.reset(seed=seed, options=options)
+            if self._start_noise == "normal":
+                cheetah = self.env.unwrapped
+                random = cheetah.np_random
+                cheetah.set_state(cheetah.init_qpos + RLLAB_POSITION_NOISE * random.standard_normal(cheetah.model.nq),
+                                  cheetah.init_qvel + RESET_NOISE * random.standard_normal(cheetah.model.nv))
+            return self.observation(), info
 
         def step(self, action):
-            obs, _, terminated, truncated, info = self.env.step(action)
+            _, _, terminated, truncated, info = self.env.step(action)
             reward = self._reward(float(info["x_velocity"]), np.asarray(action, dtype=np.float64))
-            return obs, reward, terminated, truncated, info
+            return self.observation(), reward, terminated, truncated, info
 
-    return TaskReward
+    return TaskEnv
 
 
 class _HalfCheetahTasks:
     """What both families share: the environments, the batched rollout, the reward by task."""
 
-    def __init__(self, horizon: int = 200, threads: int = 0, frame_skip: int = FRAME_SKIP) -> None:
+    def __init__(self, horizon: int = 200, threads: int = 0, frame_skip: int = FRAME_SKIP,
+                 observe_com: bool = False, start_noise: str = "uniform") -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
         if frame_skip < 1:
             raise ValueError(f"frame_skip={frame_skip}; use 1 (the paper's 0.01 s step) or more physics steps per step")
         if threads < 0:
             raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
+        if start_noise not in START_NOISES:
+            raise ValueError(f"start_noise={start_noise!r}; use uniform (HalfCheetah-v5's) or normal (rllab's)")
+        self.observe_com, self.start_noise = bool(observe_com), start_noise
         self.horizon = horizon
         self.threads = threads or os.cpu_count() or 1
         self.frame_skip = frame_skip
@@ -139,7 +185,7 @@ class _HalfCheetahTasks:
         def reward(velocity: float, action: np.ndarray) -> float:
             return float(family.task_reward([task], np.array([velocity]), action.reshape(1, -1))[0])
 
-        return _reward_wrapper()(env, reward)
+        return _task_wrapper()(env, reward, self.observe_com, self.start_noise)
 
     # -- every task's trajectories at once -------------------------------------------------------------
 
@@ -159,7 +205,7 @@ class _HalfCheetahTasks:
         ones = torch.ones(len(tasks), trajectories, dtype=dtype)  # no termination: every step counts
         steps = []
         for t in range(horizon):
-            obs = torch.as_tensor(_observation(state), dtype=dtype).view(len(tasks), trajectories, -1)
+            obs = torch.as_tensor(self._observation(model, state), dtype=dtype).view(len(tasks), trajectories, -1)
             actions, output = act(obs)
             applied = np.clip(actions.detach().double().numpy().reshape(envs, -1), -1.0, 1.0)
             control = np.repeat(applied[:, None, :], self.frame_skip, axis=1)
@@ -178,19 +224,25 @@ class _HalfCheetahTasks:
         return Episodes.from_steps(steps)
 
     def _start(self, model, envs: int, generator: torch.Generator | None) -> np.ndarray:
-        """Full-physics states (time, qpos, qvel) of ``envs`` perturbed start poses, as HalfCheetah-v5 resets."""
+        """Full-physics states (time, qpos, qvel) of ``envs`` perturbed start poses, as HalfCheetah-v5 resets
+        (``start_noise="uniform"``) or rllab (``"normal"``)."""
         nq, nv = model.nq, model.nv
-        noise_q = torch.rand(envs, nq, generator=generator, dtype=torch.float64).numpy()
+        if self.start_noise == "uniform":  # HalfCheetah-v5: U(-0.1, 0.1) in position
+            noise_q = RESET_NOISE * (2 * torch.rand(envs, nq, generator=generator, dtype=torch.float64).numpy() - 1)
+        else:  # rllab: 0.01 N(0, 1) in position
+            noise_q = RLLAB_POSITION_NOISE * torch.randn(envs, nq, generator=generator, dtype=torch.float64).numpy()
         noise_v = torch.randn(envs, nv, generator=generator, dtype=torch.float64).numpy()
         state = np.zeros((envs, 1 + nq + nv))
-        state[:, 1:1 + nq] = model.qpos0 + RESET_NOISE * (2 * noise_q - 1)
+        state[:, 1:1 + nq] = model.qpos0 + noise_q
         state[:, 1 + nq:] = RESET_NOISE * noise_v
         return state
 
-
-def _observation(state: np.ndarray) -> np.ndarray:
-    # (time, x, qpos[1:], qvel): HalfCheetah-v5 observes everything but the time and the x position
-    return state[:, 2:]
+    def _observation(self, model, state: np.ndarray) -> np.ndarray:
+        # (time, x, qpos[1:], qvel): HalfCheetah-v5 observes everything but the time and the x position
+        obs = state[:, 2:]
+        if self.observe_com:
+            obs = np.concatenate([obs, torso_com(model, state[:, 1:1 + model.nq], self._datas[0])], 1)
+        return obs
 
 
 class HalfCheetahVel(_HalfCheetahTasks):
@@ -203,10 +255,10 @@ class HalfCheetahVel(_HalfCheetahTasks):
     """
 
     def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 200, threads: int = 0,
-                 frame_skip: int = FRAME_SKIP) -> None:
+                 frame_skip: int = FRAME_SKIP, observe_com: bool = False, start_noise: str = "uniform") -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
-        super().__init__(horizon, threads, frame_skip)
+        super().__init__(horizon, threads, frame_skip, observe_com, start_noise)
         self.low, self.high = low, high
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
