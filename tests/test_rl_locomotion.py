@@ -30,8 +30,11 @@ def scripted(actions: np.ndarray):
     return act
 
 
+RLLAB = {"observe_com": True, "start_noise": "normal", "velocity": "com"}  # the paper's MDP but for the physics
+
+
 @pytest.mark.parametrize("family", [HalfCheetahVel(), HalfCheetahDir(), HalfCheetahVel(frame_skip=1),
-                                    HalfCheetahVel(frame_skip=1, observe_com=True, start_noise="normal")],
+                                    HalfCheetahVel(frame_skip=1, **RLLAB)],
                          ids=["vel", "dir", "vel-paper-step", "vel-rllab"])
 def test_batched_rollout_is_gymnasiums_half_cheetah(family):
     """Same start state and actions: the batched rollout's observations and rewards are gymnasium's
@@ -66,6 +69,13 @@ def test_the_torso_centre_of_mass_is_mujoco_s():
         data.qpos[:] = position
         mujoco.mj_forward(model, data)
         np.testing.assert_allclose(torso_com(model, qpos)[env], data.subtree_com[1], rtol=0, atol=1e-12)
+    qvel = np.random.default_rng(1).normal(0, 2, (20, model.nv))
+    for env in range(20):
+        data.qpos[:], data.qvel[:] = qpos[env], qvel[env]
+        mujoco.mj_forward(model, data)
+        mujoco.mj_subtreeVel(model, data)
+        np.testing.assert_allclose(torso_com(model, qpos, qvel)[env], np.concatenate([data.subtree_com[1],
+                                   data.subtree_linvel[1]]), rtol=0, atol=1e-12)
     moved = qpos + np.eye(model.nq)[0]  # one metre forward: the centre of mass moves with it
     np.testing.assert_allclose(torso_com(model, moved), torso_com(model, qpos) + [1, 0, 0], rtol=0, atol=1e-12)
 
@@ -121,6 +131,8 @@ def test_bad_family_options_and_a_missing_mujoco(monkeypatch):
         HalfCheetahDir(horizon=0)
     with pytest.raises(ValueError, match="frame_skip=0"):
         HalfCheetahVel(frame_skip=0)
+    with pytest.raises(ValueError, match="velocity='x'; use root"):
+        HalfCheetahDir(velocity="x")
     with pytest.raises(ValueError, match="start_noise='gauss'; use uniform"):
         HalfCheetahVel(start_noise="gauss")
     monkeypatch.setitem(sys.modules, "mujoco", None)

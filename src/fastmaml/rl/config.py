@@ -34,7 +34,9 @@ class RLConfig:
     ``inner_rule``: the core update rule of the inner step (``sgd``, the paper's vanilla policy gradient;
     ``momentum``, ``adam``, ``meta_sgd``), at ``inner_lr``. ``outer``: ``trpo`` (max_kl, cg_*, ls_*) or
     ``adam`` (outer_lr). ``baseline_iterations``: TRPO
-    iterations of the "pretrained on the task mixture" baseline (0: none).
+    iterations of the "pretrained on the task mixture" baseline (0: none). ``eval_trajectories``: episodes
+    per inner step at meta-test (0: ``trajectories``; the MAML paper trains its goal-velocity cheetah on 10
+    and tests on 20).
     """
 
     kind: str = KIND

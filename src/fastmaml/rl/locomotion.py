@@ -5,7 +5,10 @@ The physics is gymnasium's ``HalfCheetah-v5`` (its model file, the maintained ``
 mujoco-py, no old gym): 17-dimensional observations (joint positions without the x position, joint
 velocities), 6 actions in [-1, 1], ``frame_skip`` physics steps of 0.01 s per step (HalfCheetah-v5's 5 by
 default; the paper's rllab model steps once, 0.01 s, so its 200 steps are 2 s, not 10), the start pose
-perturbed by U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination; ``make_env`` truncates
+perturbed by U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination. Two options give the
+paper's rllab environment instead: ``observe_com=True`` appends the torso subtree's centre of mass (rllab's
+``get_body_com("torso")``; its x is the distance run) for 20 numbers, ``start_noise="normal"`` perturbs the
+position by 0.01 N(0, 1) (rllab's ``reset_mujoco``). ``make_env`` truncates
 episodes at 200 steps by default (the paper's ``max_path_length``; the recipes' ``horizon: 200`` sets
 training's). The rewards are those of the original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
 
@@ -41,6 +44,7 @@ from fastmaml.rl.episodes import Episodes
 FRAME_SKIP = 5  # physics steps per environment step (HalfCheetah-v5; rllab's half_cheetah.xml, the paper's: 1)
 CTRL_COST = 0.05  # maml_rl's control-cost weight, both tasks
 RESET_NOISE = 0.1  # HalfCheetah-v5's reset_noise_scale
+VELOCITIES = ("root", "com")  # the reward's forward velocity: HalfCheetah-v5's x_velocity; rllab's centre of mass's
 START_NOISES = ("uniform", "normal")  # HalfCheetah-v5's start pose; rllab's (MujocoEnv.reset_mujoco), the paper's
 RLLAB_POSITION_NOISE = 0.01  # rllab: qpos0 + 0.01 N(0, 1), qvel 0.1 N(0, 1)
 
@@ -85,19 +89,26 @@ def cheetah_model():
         return mujoco.MjModel.from_xml_path(path)
 
 
-def torso_com(model, qpos: np.ndarray, data=None) -> np.ndarray:
-    """The torso subtree's centre of mass (envs, 3) for joint positions ``qpos`` (envs, nq): MuJoCo's own
-    ``subtree_com`` after ``mj_kinematics`` and ``mj_comPos`` (rllab's ``get_body_com("torso")``), one
-    environment at a time on ``data`` (a scratch ``MjData``; about 4 microseconds each)."""
+def torso_com(model, qpos: np.ndarray, qvel: np.ndarray | None = None, data=None) -> np.ndarray:
+    """The torso subtree's centre of mass (envs, 3) for joint positions ``qpos`` (envs, nq), and with
+    ``qvel`` (envs, nv) its linear velocity after it (envs, 6): MuJoCo's own ``subtree_com`` and
+    ``subtree_linvel`` of the torso, the whole cheetah (rllab's ``get_body_com("torso")`` and
+    ``get_body_comvel("torso")``), one environment at a time on ``data`` (a scratch ``MjData``; a few
+    microseconds each)."""
     mujoco, _ = _mujoco()
     data = mujoco.MjData(model) if data is None else data
     torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
-    out = np.empty((qpos.shape[0], 3))
+    out = np.empty((qpos.shape[0], 3 if qvel is None else 6))
     for env, position in enumerate(qpos):
         data.qpos[:] = position
         mujoco.mj_kinematics(model, data)
         mujoco.mj_comPos(model, data)
-        out[env] = data.subtree_com[torso]
+        out[env, :3] = data.subtree_com[torso]
+        if qvel is not None:
+            data.qvel[:] = qvel[env]
+            mujoco.mj_comVel(model, data)
+            mujoco.mj_subtreeVel(model, data)
+            out[env, 3:] = data.subtree_linvel[torso]
     return out
 
 
@@ -107,26 +118,28 @@ def _task_wrapper():
     gym = gymnasium()
 
     class TaskEnv(gym.Wrapper):  # type: ignore[name-defined]  # gymnasium is imported lazily
-        """HalfCheetah-v5 whose reward is ``reward(x_velocity, action)`` of one task; optionally rllab's
-        start pose (``start_noise="normal"``) and observation (``observe_com``: the torso subtree's centre
-        of mass appended, 20 numbers)."""
+        """HalfCheetah-v5 whose reward is ``reward(forward velocity, action)`` of one task; optionally rllab's
+        start pose (``start_noise="normal"``), observation (``observe_com``: the torso subtree's centre of
+        mass appended, 20 numbers) and forward velocity (``velocity="com"``: the centre of mass's)."""
 
         def __init__(self, env, reward: Callable[[float, np.ndarray], float], observe_com: bool = False,
-                     start_noise: str = "uniform") -> None:
+                     start_noise: str = "uniform", velocity: str = "root") -> None:
             super().__init__(env)
             self._reward, self._observe_com, self._start_noise = reward, observe_com, start_noise
+            self._velocity = velocity
             self._scratch = _mujoco()[0].MjData(env.unwrapped.model)  # torso_com's; the env's data stays as is
             if observe_com:
                 size = env.observation_space.shape[0] + 3
                 self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float64)
 
+        def _com(self) -> np.ndarray:
+            cheetah = self.env.unwrapped
+            return torso_com(cheetah.model, cheetah.data.qpos[None], cheetah.data.qvel[None], self._scratch)[0]
+
         def observation(self) -> np.ndarray:
             """The observation of the current state."""
-            cheetah = self.env.unwrapped
-            obs = cheetah._get_obs()
-            if self._observe_com:
-                obs = np.concatenate([obs, torso_com(cheetah.model, cheetah.data.qpos[None], self._scratch)[0]])
-            return obs
+            obs = self.env.unwrapped._get_obs()
+            return np.concatenate([obs, self._com()[:3]]) if self._observe_com else obs
 
         def reset(self, *, seed=None, options=None):
             _, info = self.env.reset(seed=seed, options=options)
@@ -139,7 +152,8 @@ def _task_wrapper():
 
         def step(self, action):
             _, _, terminated, truncated, info = self.env.step(action)
-            reward = self._reward(float(info["x_velocity"]), np.asarray(action, dtype=np.float64))
+            velocity = self._com()[3] if self._velocity == "com" else info["x_velocity"]
+            reward = self._reward(float(velocity), np.asarray(action, dtype=np.float64))
             return self.observation(), reward, terminated, truncated, info
 
     return TaskEnv
@@ -149,7 +163,7 @@ class _HalfCheetahTasks:
     """What both families share: the environments, the batched rollout, the reward by task."""
 
     def __init__(self, horizon: int = 200, threads: int = 0, frame_skip: int = FRAME_SKIP,
-                 observe_com: bool = False, start_noise: str = "uniform") -> None:
+                 observe_com: bool = False, start_noise: str = "uniform", velocity: str = "root") -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
         if frame_skip < 1:
@@ -158,7 +172,9 @@ class _HalfCheetahTasks:
             raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
         if start_noise not in START_NOISES:
             raise ValueError(f"start_noise={start_noise!r}; use uniform (HalfCheetah-v5's) or normal (rllab's)")
-        self.observe_com, self.start_noise = bool(observe_com), start_noise
+        if velocity not in VELOCITIES:
+            raise ValueError(f"velocity={velocity!r}; use root (HalfCheetah-v5's) or com (rllab's, the paper's)")
+        self.observe_com, self.start_noise, self.velocity = bool(observe_com), start_noise, velocity
         self.horizon = horizon
         self.threads = threads or os.cpu_count() or 1
         self.frame_skip = frame_skip
@@ -185,7 +201,7 @@ class _HalfCheetahTasks:
         def reward(velocity: float, action: np.ndarray) -> float:
             return float(family.task_reward([task], np.array([velocity]), action.reshape(1, -1))[0])
 
-        return _task_wrapper()(env, reward, self.observe_com, self.start_noise)
+        return _task_wrapper()(env, reward, self.observe_com, self.start_noise, self.velocity)
 
     # -- every task's trajectories at once -------------------------------------------------------------
 
@@ -204,8 +220,11 @@ class _HalfCheetahTasks:
         dt = model.opt.timestep * self.frame_skip
         ones = torch.ones(len(tasks), trajectories, dtype=dtype)  # no termination: every step counts
         steps = []
+        com = self._com(model, state)
         for t in range(horizon):
-            obs = torch.as_tensor(self._observation(model, state), dtype=dtype).view(len(tasks), trajectories, -1)
+            # (time, x, qpos[1:], qvel): HalfCheetah-v5 observes all but the time and x; rllab adds the com
+            seen = np.concatenate([state[:, 2:], com[:, :3]], 1) if self.observe_com else state[:, 2:]
+            obs = torch.as_tensor(seen, dtype=dtype).view(len(tasks), trajectories, -1)
             actions, output = act(obs)
             applied = np.clip(actions.detach().double().numpy().reshape(envs, -1), -1.0, 1.0)
             control = np.repeat(applied[:, None, :], self.frame_skip, axis=1)
@@ -216,7 +235,8 @@ class _HalfCheetahTasks:
             if not np.isfinite(new_state).all() or not np.allclose(new_state[:, 0], (t + 1) * dt):
                 raise ValueError("the MuJoCo simulation diverged (non-finite or reset state); the policy's actions "
                                  "are out of the model's range: lower the inner or outer step size")
-            velocity = (new_state[:, 1] - state[:, 1]) / dt
+            com = self._com(model, new_state)
+            velocity = com[:, 3] if self.velocity == "com" else (new_state[:, 1] - state[:, 1]) / dt
             reward = self.task_reward(per_env, velocity, applied)
             steps.append((obs, actions, torch.as_tensor(reward, dtype=dtype).view(len(tasks), trajectories),
                           ones, output))
@@ -237,12 +257,13 @@ class _HalfCheetahTasks:
         state[:, 1 + nq:] = RESET_NOISE * noise_v
         return state
 
-    def _observation(self, model, state: np.ndarray) -> np.ndarray:
-        # (time, x, qpos[1:], qvel): HalfCheetah-v5 observes everything but the time and the x position
-        obs = state[:, 2:]
-        if self.observe_com:
-            obs = np.concatenate([obs, torso_com(model, state[:, 1:1 + model.nq], self._datas[0])], 1)
-        return obs
+    def _com(self, model, state: np.ndarray) -> np.ndarray:
+        """The torso's centre of mass (and its velocity) for full-physics states, when an option reads it
+        (no columns otherwise)."""
+        if not (self.observe_com or self.velocity == "com"):
+            return np.zeros((state.shape[0], 0))
+        qpos, qvel = state[:, 1:1 + model.nq], state[:, 1 + model.nq:]
+        return torso_com(model, qpos, qvel if self.velocity == "com" else None, self._datas[0])
 
 
 class HalfCheetahVel(_HalfCheetahTasks):
@@ -255,10 +276,11 @@ class HalfCheetahVel(_HalfCheetahTasks):
     """
 
     def __init__(self, low: float = 0.0, high: float = 2.0, horizon: int = 200, threads: int = 0,
-                 frame_skip: int = FRAME_SKIP, observe_com: bool = False, start_noise: str = "uniform") -> None:
+                 frame_skip: int = FRAME_SKIP, observe_com: bool = False, start_noise: str = "uniform",
+                 velocity: str = "root") -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
-        super().__init__(horizon, threads, frame_skip, observe_com, start_noise)
+        super().__init__(horizon, threads, frame_skip, observe_com, start_noise, velocity)
         self.low, self.high = low, high
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
