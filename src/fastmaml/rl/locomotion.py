@@ -8,7 +8,8 @@ default; the paper's rllab model steps once, 0.01 s, so its 200 steps are 2 s, n
 perturbed by U(-0.1, 0.1) in position and 0.1 N(0, 1) in velocity, no termination. Two options give the
 paper's rllab environment instead: ``observe_com=True`` appends the torso subtree's centre of mass (rllab's
 ``get_body_com("torso")``; its x is the distance run) for 20 numbers, ``start_noise="normal"`` perturbs the
-position by 0.01 N(0, 1) (rllab's ``reset_mujoco``). ``make_env`` truncates
+position by 0.01 N(0, 1) (rllab's ``reset_mujoco``), ``velocity="com"`` rewards the torso subtree's
+centre-of-mass velocity (rllab's ``get_body_comvel``) instead of the root's. ``make_env`` truncates
 episodes at 200 steps by default (the paper's ``max_path_length``; the recipes' ``horizon: 200`` sets
 training's). The rewards are those of the original maml_rl code (cbfinn/maml_rl, ``half_cheetah_env_rand*.py``):
 
@@ -209,7 +210,7 @@ class _HalfCheetahTasks:
                 horizon: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None
                 ) -> Episodes:
         """``trajectories`` episodes of ``horizon`` steps for every task, all stepped together:
-        ``act(obs (tasks, N, 17))`` returns the actions and the policy output behind them."""
+        ``act(obs (tasks, N, 17 or, with observe_com, 20))`` returns the actions and the policy output behind them."""
         mujoco, rollout = _mujoco()
         model = cheetah_model()
         while len(self._datas) < self.threads:
