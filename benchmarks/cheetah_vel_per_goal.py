@@ -30,7 +30,7 @@ def main(run: str, paper_pickle: str) -> None:
         paper = np.array(pickle.load(f, encoding="latin1")["task_avg_returns"]).T  # (40 goals, 4 steps)
     config = rlcfg.load(f"{run}/config.yaml")
     learner = runs.load(run)
-    learner.trajectories = config.eval_trajectories or config.trajectories
+    learner.trajectories = config.test_trajectories
     family = runs.build_family(config)
     tasks = [{"velocity": float(goal)} for goal in goals]
     ours = returns_by_step(learner, family, tasks, 1, torch.Generator().manual_seed(7)).numpy()

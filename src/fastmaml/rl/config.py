@@ -73,6 +73,11 @@ class RLConfig:
     eval_trajectories: int = 0  # episodes per inner step at meta-test; 0: ``trajectories``
     baseline_iterations: int = 100
 
+    @property
+    def test_trajectories(self) -> int:
+        """Episodes per inner step at meta-test: ``eval_trajectories``, or ``trajectories`` when it is 0."""
+        return self.eval_trajectories or self.trajectories
+
     def __post_init__(self) -> None:
         if self.kind != KIND:
             raise ValueError(f"kind={self.kind!r}; a meta-RL recipe has kind: {KIND}")

@@ -134,13 +134,18 @@ def _task_wrapper():
                 self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float64)
 
         def _com(self) -> np.ndarray:
+            """The torso's centre of mass and its velocity when an option reads them (rllab's; else empty)."""
+            if not (self._observe_com or self._velocity == "com"):
+                return np.zeros(0)
             cheetah = self.env.unwrapped
             return torso_com(cheetah.model, cheetah.data.qpos[None], cheetah.data.qvel[None], self._scratch)[0]
 
-        def observation(self) -> np.ndarray:
-            """The observation of the current state."""
+        def observation(self, com: np.ndarray | None = None) -> np.ndarray:
+            """The observation of the current state (``com``: its :meth:`_com`, when already computed)."""
             obs = self.env.unwrapped._get_obs()
-            return np.concatenate([obs, self._com()[:3]]) if self._observe_com else obs
+            if not self._observe_com:
+                return obs
+            return np.concatenate([obs, (self._com() if com is None else com)[:3]])
 
         def reset(self, *, seed=None, options=None):
             _, info = self.env.reset(seed=seed, options=options)
@@ -153,9 +158,10 @@ def _task_wrapper():
 
         def step(self, action):
             _, _, terminated, truncated, info = self.env.step(action)
-            velocity = self._com()[3] if self._velocity == "com" else info["x_velocity"]
+            com = self._com()  # once per step, for the observation and the reward
+            velocity = com[3] if self._velocity == "com" else info["x_velocity"]
             reward = self._reward(float(velocity), np.asarray(action, dtype=np.float64))
-            return self.observation(), reward, terminated, truncated, info
+            return self.observation(com), reward, terminated, truncated, info
 
     return TaskEnv
 

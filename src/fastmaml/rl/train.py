@@ -273,7 +273,7 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     if (run_dir / BASELINES).is_file():
         methods.update(baselines(run_dir, config, family))
     for method in methods.values():  # the meta-test's adaptation batch may differ from training's
-        method.trajectories = config.eval_trajectories or config.trajectories
+        method.trajectories = config.test_trajectories
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = config.eval_tasks if num_tasks is None else num_tasks
     results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM)
