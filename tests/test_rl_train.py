@@ -68,6 +68,28 @@ def test_eval_and_plot_commands(run, capsys):
     assert (run / "plot.png").stat().st_size > 20_000
 
 
+def test_the_meta_test_adapts_on_eval_trajectories(run, tmp_path, monkeypatch):
+    """``eval_trajectories`` (the paper's goal-velocity test: 20 where training used 10) sets the episodes
+    per inner step of every method at meta-test; 0 keeps ``trajectories``."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.yaml", "checkpoint.pt", "baselines.pt"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    seen = {}
+
+    def record(methods, family, num_tasks, steps, seed):
+        seen.update({name: method.trajectories for name, method in methods.items()})
+        return {}
+
+    monkeypatch.setattr(rltrain, "evaluate", record)
+    rltrain.evaluate_run(copy)
+    assert seen == {"maml": 4, "pretrained": 4, "random": 4}
+    values = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump({**values, "eval_trajectories": 6}))
+    rltrain.evaluate_run(copy)
+    assert seen == {"maml": 6, "pretrained": 6, "random": 6}
+
+
 def test_load_adapt_act_contract(run):
     learner = fm.load(run)
     assert isinstance(learner, MetaRL)
@@ -218,6 +240,7 @@ def test_non_finite_rewards_and_empty_families_are_refused():
 @pytest.mark.parametrize("override, message", [
     ("horizon=0", "horizon=0"), ("trajectories=0", "trajectories=0"), ("outer=sgd", "outer='sgd'"),
     ("max_kl=0", "max_kl=0"), ("env=nowhere:Family", "cannot be imported"), ("polcy.hidden=[3]", "did you mean"),
+    ("eval_trajectories=-1", "eval_trajectories=-1"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys, override, message):
     out = tmp_path / "run"
