@@ -263,8 +263,9 @@ def baselines(run_dir: Path, config: rlcfg.RLConfig, family) -> dict[str, MetaRL
     return out
 
 
-def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None) -> dict:
-    """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json``."""
+def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
+                 out: str | Path | None = None) -> dict:
+    """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json`` (or ``out``)."""
     run_dir = Path(run_dir)
     learner = load(run_dir)
     config = rlcfg.load(run_dir / CONFIG)
@@ -277,5 +278,5 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = config.eval_tasks if num_tasks is None else num_tasks
     results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM)
-    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL)
+    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
     return results

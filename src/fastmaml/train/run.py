@@ -277,8 +277,9 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
     return out
 
 
-def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None) -> dict:
-    """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json``."""
+def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
+                 out: str | Path | None = None) -> dict:
+    """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json`` (or ``out``)."""
     run_dir = Path(run_dir)
     algorithm = load(run_dir)  # raises for a folder that is not a run
     config = cfg.load(run_dir / CONFIG)
@@ -292,5 +293,5 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
         methods.update(baselines(run_dir))
     results = {name: evaluate(m, tasks, num_tasks, steps, task_generator(config, "test"))
                for name, m in methods.items()}
-    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL)
+    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
     return results
