@@ -1,5 +1,7 @@
 """The meta-gradient against hand-derived values, an independent autograd loop, and finite differences."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -172,12 +174,21 @@ def test_auto_falls_back_to_loop_once_with_a_warning():
         def forward(self, x):
             return self.lin(x) * float(x.sum() > -1e9)  # data-dependent Python control flow
 
-    maml = fm.MAML(Unvmappable().double(), inner_lr=0.1)
+    model = Unvmappable().double()
+    maml = fm.MAML(model, inner_lr=0.1)
+    assert maml.mapper.execution == "auto"
     batch = sinusoid_batch()
-    with pytest.warns(UserWarning, match="vmap cannot run Unvmappable"):
-        maml.outer_loss(batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a repeated warning is recorded, not swallowed by the once-per-place filter
+        grads = [meta_gradient(maml, batch) for _ in range(3)]
+    fallbacks = [str(w.message) for w in caught if "vmap cannot run" in str(w.message)]
+    assert len(fallbacks) == 1, fallbacks  # once across the three calls, not once per call
+    assert "vmap cannot run Unvmappable" in fallbacks[0] and "execution='loop'" in fallbacks[0]
     assert maml.mapper.execution == "loop"
-    maml.outer_loss(batch)  # no second warning: pytest would fail on an unexpected warning only if configured
+    # every call's meta-gradient, the first (vmap failed, then the loop ran) included, is the loop's
+    expected = meta_gradient(fm.MAML(model, inner_lr=0.1, execution="loop"), batch)
+    for got in grads:
+        assert_close_dicts(got, expected)
 
 
 # -- inner rules with per-task state: momentum and Adam --------------------------------------------
