@@ -1,6 +1,7 @@
 """The command line: user errors are one line on stderr, exit status 2, no traceback."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -31,6 +32,55 @@ def test_user_errors_exit_2_with_one_line(argv, match, capsys, tmp_path):
                 else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastmaml: error: ") and match in err and err.count("\n") == 1
+
+
+def _recipe_rows(out: str) -> dict[str, list[str]]:
+    """``fastmaml recipes`` output -> {name: [its lines]} (a continuation line starts with spaces)."""
+    rows: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith(" "):
+            rows[list(rows)[-1]].append(line)
+        else:
+            rows[line.split()[0]] = [line]
+    return rows
+
+
+def test_recipes_show_whole_descriptions_in_aligned_columns(capsys, monkeypatch):
+    from fastmaml.train import config as cfg
+
+    names = cfg.recipe_names()
+    column = max(map(len, names)) + 2
+    for width in (None, 72):  # into a pipe: one line per recipe; on a terminal: wrapped under their column
+        if width is not None:
+            monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+            monkeypatch.setattr("shutil.get_terminal_size", lambda width=width: os.terminal_size((width + 1, 24)))
+        assert main(["recipes"]) == 0
+        rows = _recipe_rows(capsys.readouterr().out)
+        assert list(rows) == names
+        for name, lines in rows.items():
+            # every description starts in the same column, on every line of it
+            assert lines[0][:column] == f"{name:<{column}}" and lines[0][column] != " "
+            assert all(line[:column] == " " * column and line[column] != " " for line in lines[1:])
+            assert width is None and len(lines) == 1 or all(len(line) <= width for line in lines)
+            # the whole first sentence of the recipe's opening comment: its first line and more, up to a full stop
+            text = " ".join(line[column:] for line in lines)
+            opening = cfg.recipe_text(name).splitlines()[0].lstrip("# ")
+            assert text.startswith(opening) or opening.startswith(text.removesuffix(".") + ".")
+            assert text.endswith(".") and text.count("(") == text.count(")"), (name, text)
+        if width is None:  # the description that was cut at "(no data to"
+            assert rows["sequence-5w1s"][0].endswith("(no data to download; fastmaml.tasks.TokenSequences: 12 "
+                                                     "tokens over a vocabulary of 16, 20% noise, random rotation).")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.ways=zero", "data.ways='zero' is not a valid int; give an int"),
+    ("inner_lr=fast", "inner_lr='fast' is not a valid float; give a float"),
+    ("tensorboard=maybe", "tensorboard='maybe' is not a valid bool; give a bool (true or false)"),
+    ("optimizer=[1]", "optimizer=[1] is not a valid str; give a str"),
+])
+def test_a_mistyped_override_names_the_type_it_needs(override, message, capsys, tmp_path):
+    assert main(["train", "sinusoid", override, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == f"fastmaml: error: {message}\n"
 
 
 def test_train_eval_plot_end_to_end(tmp_path, capsys):

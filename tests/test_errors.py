@@ -57,3 +57,21 @@ def test_non_finite_outer_loss_stops_the_run():
     with pytest.raises(FloatingPointError, match="lower inner_lr or outer_lr"):
         meta_train(maml, torch.optim.Adam(maml.parameters(), 1e-3), Diverging(), torch.Generator().manual_seed(0),
                    iterations=5, meta_batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("noun, phrase", [
+    ("int", "an int"), ("float", "a float"), ("bool", "a bool"), ("str", "a str"), ("object", "an object"),
+    ("uint8", "a uint8"), ("Tensor", "a Tensor"), ("ellipsis", "an ellipsis"),
+])
+def test_messages_put_the_right_article_before_a_type_name(noun, phrase):
+    from fastmaml._text import with_article
+
+    assert with_article(noun) == phrase
+
+
+def test_a_recipe_file_that_is_not_a_mapping_names_its_type_with_the_right_article(tmp_path):
+    from fastmaml.train import config as cfg
+
+    (tmp_path / "r.yaml").write_text("3\n")
+    with pytest.raises(ValueError, match=r"not an int$"):
+        cfg.resolve(str(tmp_path / "r.yaml"))

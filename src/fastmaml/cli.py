@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 # Errors a user can fix from the message alone: shown as one line, exit status 2, no traceback.
@@ -49,6 +51,21 @@ def _summary(results: dict) -> str:
 
     metric = "accuracy" if all("accuracy" in r for r in results.values()) else "loss"
     return format_table(results, metric)
+
+
+def format_recipes(recipes: dict[str, str], width: int | None) -> str:
+    """One row per recipe: its name, padded to the longest name, then its whole description, wrapped to
+    ``width`` columns under its own column (one line per recipe when ``width`` is None, e.g. into a pipe)."""
+    column = max(map(len, recipes)) + 2
+    rows = []
+    for name, summary in recipes.items():
+        if width is None:
+            rows.append(f"{name:<{column}}{summary}".rstrip())
+            continue
+        lines = textwrap.wrap(summary, max(width - column, 30), break_on_hyphens=False) or [""]
+        rows.append(f"{name:<{column}}{lines[0]}".rstrip())
+        rows.extend(" " * column + line for line in lines[1:])
+    return "\n".join(rows)
 
 
 def _require_cli_extra() -> None:
@@ -122,8 +139,8 @@ def run(argv: list[str]) -> int:
     from fastmaml.rl import cli as rl_cli  # meta-RL recipes and runs (kind: rl) have their own trainer
 
     if args.command == "recipes":
-        for name in cfg.recipe_names():
-            print(f"{name:<20} {cfg.recipe_summary(name)}")
+        width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
+        print(format_recipes({name: cfg.recipe_summary(name) for name in cfg.recipe_names()}, width))
         return 0
     kind = rl_cli if rl_cli.handles(args) else _Supervised
     if args.command == "train" and args.nproc_per_node is not None and args.nproc_per_node != 1:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from fastmaml._text import with_article
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return float(value)
     if hint is Any or (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         return value
-    raise ValueError(f"{name}={value!r} is not a valid {hint.__name__}; give a {hint.__name__}")
+    spelled = " (true or false)" if hint is bool else ""
+    raise ValueError(f"{name}={value!r} is not a valid {hint.__name__}; give {with_article(hint.__name__)}{spelled}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -194,11 +198,16 @@ def recipe_text(name: str) -> str:
 
 
 def recipe_summary(name: str) -> str:
-    """The first comment line of a recipe."""
+    """The first sentence of a recipe's opening comment, whole, however many lines it spans."""
+    lines = []
     for line in recipe_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    # a sentence ends at a full stop before a space or the end: "section 5.3" and "fastmaml.tasks" do not end one
+    end = re.search(r"\.(\s|$)", text)
+    return text[: end.start() + 1] if end else text
 
 
 def resolve(recipe: str | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -213,7 +222,7 @@ def resolve(recipe: str | None, overrides: list[str] | None = None) -> TrainConf
         values = _parse_yaml(text, recipe)
         if not isinstance(values, dict):
             raise ValueError(f"{recipe} must be a mapping of config keys to values (e.g. inner_lr: 0.01), "
-                             f"not a {type(values).__name__}")
+                             f"not {with_article(type(values).__name__)}")
     return from_dict(TrainConfig, merge(values, parse_overrides(overrides or [])))
 
 
