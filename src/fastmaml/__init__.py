@@ -5,7 +5,7 @@ from fastmaml.algorithms import ANIL, FOMAML, IMAML, MAML, MAMLPlusPlus, MetaSGD
 from fastmaml.tasks import EpisodicTasks, Sinusoid, TaskBatch
 from fastmaml.train import TrainConfig, evaluate, fit, load
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "ANIL", "FOMAML", "IMAML", "MAML", "MAMLPlusPlus", "MetaSGD", "Reptile", "build",
     "EpisodicTasks", "Sinusoid", "TaskBatch", "TrainConfig", "evaluate", "fit", "load", "models",
