@@ -6,6 +6,7 @@ order, and draws ``shots`` support and ``query_shots`` query images per class, a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -95,6 +96,30 @@ class EpisodicTasks:
             self._source, self._row = _rotated_copies(images, self._index)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the images sampling gathers from (with ``rotations``, the four rotated copies)."""
+        return self._source.numel() * self._source.element_size()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the images are held, so where each meta-batch is gathered."""
+        return self._source.device
+
+    def to(self, device: torch.device | str) -> EpisodicTasks:
+        """These tasks with their images held on ``device`` (copied once): each meta-batch is then one gather
+        there, rotations included, and only the sampled indices cross from the host. The indices are drawn
+        from the same CPU generator on every device, so a seed gives the same tasks on the CPU and a GPU.
+
+        Example:
+            >>> tasks = EpisodicTasks(torch.rand(50, 1, 28, 28), torch.arange(10).repeat_interleave(5), 5, 1)
+            >>> tasks.to("cpu").sample_tasks(2, torch.Generator()).support_x.device
+            device(type='cpu')
+        """
+        moved = copy.copy(self)
+        moved._source = self._source.to(device)
+        return moved
+
+    @property
     def channels(self) -> int:
         return self.images.shape[1]
 
@@ -160,7 +185,8 @@ class EpisodicTasks:
         if self._row is not None:
             # Row of the (rotation, image) pair in the pre-rotated copies (4 * split images, C, H, W).
             index = rotation.unsqueeze(-1) * (self._source.shape[0] // 4) + self._row[index]
-        index = index.to(self._source.device)
+        if self._source.is_cuda:  # from pinned memory the copy is queued, not waited for
+            index = index.pin_memory().to(self._source.device, non_blocking=True)
         k = self.shots
         # Gather support and query straight into their final layout: one copy of the pixels each.
         support_x = self._gather(index[:, :, :k].reshape(tasks, -1))  # (tasks, ways*shots, C, H, W)

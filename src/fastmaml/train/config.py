@@ -69,7 +69,7 @@ class TrainConfig:
     execution: str = "auto"
     compile: bool | None = None  # None: the library decides (fastmaml.core.compiled, compile="auto")
     threads: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # the GPU when torch sees one, else the CPU (fastmaml.train.distributed.Context.device)
     dtype: str = "float32"
     log_every: int = 100
     tensorboard: bool = False  # also write the logged scalars as TensorBoard events in RUN_DIR/tensorboard/

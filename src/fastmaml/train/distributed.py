@@ -67,11 +67,23 @@ class Context:
         return self.world_size > 1
 
     def device(self, name: str) -> torch.device:
-        """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when there are several ranks."""
-        device = torch.device(name)
-        if device.type == "cuda" and device.index is None and self.enabled:
-            device = torch.device("cuda", self.local_rank)
+        """The device of this rank for the ``device`` option: ``auto`` is the GPU when torch sees one, else
+        the CPU; ``cuda`` without an index is ``cuda:LOCAL_RANK`` with several ranks, else the current GPU.
+        Each wrong name is a one-line ``ValueError`` naming the fix."""
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
         if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={name} but this torch has no usable CUDA; use device=cpu")
+            if device.index is None:
+                device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
+            if device.index >= torch.cuda.device_count():
+                raise ValueError(f"device={name} but this machine has {torch.cuda.device_count()} GPU(s); use "
+                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}, or device=cuda")
             torch.cuda.set_device(device)
         return device
 

@@ -109,23 +109,69 @@ def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept:
                              f"inner_lr or outer_lr, or check the data for NaN/inf{hint}{kept}")
 
 
+class FiniteWatch:
+    """Checks each iteration's loss and meta-gradient for NaN/inf before they can reach a checkpoint.
+
+    ``defer=False`` (the CPU, where reading a value costs nothing) checks every iteration at once with
+    :func:`check_finite`. ``defer=True`` (a GPU) records the first non-finite iteration on the device, without
+    waiting for it, and :meth:`raise_if_bad` raises at the next log line or checkpoint, whichever comes first:
+    the weights in memory may then be spoilt, but no checkpoint ever holds them.
+    """
+
+    def __init__(self, params: list[nn.Parameter], hint: str, defer: bool) -> None:
+        self.params, self.hint, self.defer = params, hint, defer
+        self.first: Tensor | None = None  # (iteration, loss) of the first non-finite step; iteration -1: none
+
+    def observe(self, loss: Tensor, iteration: int, kept: str) -> None:
+        if not self.defer:
+            check_finite(loss, self.params, iteration, kept, self.hint)
+            return
+        grads = [p.grad.detach() for p in self.params if p.grad is not None and p.grad.numel()]
+        norms = torch._foreach_norm(grads) if grads else []  # inf/NaN propagate; one fused kernel
+        values = torch.stack([loss.detach().to(torch.float64).reshape(()), *(n.to(torch.float64) for n in norms)])
+        bad = ~values.isfinite().all()
+        record = torch.stack([torch.full_like(values[0], iteration), values[0]])
+        if self.first is None:
+            self.first = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=values.device)
+        self.first = torch.where(bad & (self.first[0] < 0), record, self.first)
+
+    def raise_if_bad(self, kept: str) -> None:
+        if self.first is None:
+            return
+        iteration, value = self.first.tolist()
+        if iteration >= 0:
+            what = "outer loss" if not math.isfinite(value) else "meta-gradient"
+            raise FloatingPointError(f"the {what} became non-finite (loss {value}) at iteration {int(iteration)}: "
+                                     f"lower inner_lr or outer_lr, or check the data for NaN/inf{self.hint}{kept}")
+
+
 class Progress:
-    """A tqdm bar (loss, tasks/s, ETA) when tqdm is installed and wanted; log lines otherwise."""
+    """A tqdm bar (loss, tasks/s, ETA) when tqdm is installed and wanted; log lines otherwise.
+
+    The ETA is the remaining iterations at the rate of the last logged interval: tqdm's own average would
+    count the first interval's warm-up (compilation, first allocations) for many intervals after."""
 
     def __init__(self, total: int, start: int, enabled: bool) -> None:
         self.bar = None
+        self.last = time.perf_counter()
         if enabled:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, smoothing=0.05)
+                self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             except ImportError:
                 pass
 
     def update(self, n: int, **postfix: float) -> None:
+        """``n`` more iterations done since the last update; ``postfix`` are the values to show."""
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in postfix.items()}
+            shown["eta"] = self.bar.format_interval((self.bar.total - self.bar.n) * seconds / max(n, 1))
+            self.bar.set_postfix(shown, refresh=False)
         else:
             log.info(" ".join(f"{k}={v:.4g}" for k, v in postfix.items()))
 
@@ -170,10 +216,18 @@ def meta_train(
     dist.check_meta_batch(meta_batch_size)
     params = [p for p in algorithm.parameters() if p.requires_grad]
     device, dtype = params[0].device, params[0].dtype
+    # On a GPU nothing in an iteration waits for the device: the loss is summed there and read at log lines.
+    on_host = device.type == "cpu" or dist.enabled
+    watch = FiniteWatch(params, getattr(algorithm, "divergence_hint", ""), defer=not on_host)
     bar = Progress(iterations, state.iteration, progress)
     (running, count), tick = state.running, time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     deadline = tick + 60 * max_minutes if max_minutes else float("inf")
     saved_at = state.iteration if checkpoint is not None and state.iteration > 0 else None
+
+    def kept() -> str:
+        return f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
+
     out_of_time = False
     try:
         while state.iteration < iterations and not out_of_time:
@@ -182,7 +236,7 @@ def meta_train(
                 begin(state.iteration, iterations)
             # every rank draws the same full meta-batch, so the task stream does not depend on the world size
             full = tasks.sample_tasks(meta_batch_size, generator)
-            batch = dist.shard(full).to(device=device, dtype=dtype)
+            batch = dist.shard(full).to(device=device, dtype=dtype, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             buffers = dist.snapshot_buffers(algorithm)
             loss = step(batch)
@@ -190,15 +244,16 @@ def meta_train(
             # the decisions to stop ride with the gradients, so every rank makes the same ones
             loss, (stopping, out_of_time) = dist.allreduce_grads(
                 params, loss, (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
-            kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
-            check_finite(loss, params, state.iteration + 1, kept, getattr(algorithm, "divergence_hint", ""))
+            watch.observe(loss, state.iteration + 1, kept())
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             state.iteration += 1
-            running, count = running + loss.item(), count + 1
-            state.running = (running, count)
+            loss_sum += loss.detach()
+            count += 1
             if state.iteration % log_every == 0 or state.iteration == iterations or out_of_time:
+                watch.raise_if_bad(kept())
+                running, loss_sum = running + loss_sum.item(), loss_sum.zero_()
                 elapsed = time.perf_counter() - tick
                 record = {"iteration": state.iteration, "loss": running / count,
                           "tasks_per_s": count * meta_batch_size / elapsed}
@@ -211,9 +266,11 @@ def meta_train(
                 if dist.is_main:
                     bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
                 running, count, tick = 0.0, 0, time.perf_counter()
-                state.running = (running, count)
             due = checkpoint_every and state.iteration % checkpoint_every == 0
             if checkpoint is not None and (due or stopping):
+                watch.raise_if_bad(kept())
+                running, loss_sum = running + loss_sum.item(), loss_sum.zero_()
+                state.running = (running, count)
                 checkpoint(state)
                 saved_at = state.iteration
             if stopping:
@@ -221,6 +278,7 @@ def meta_train(
                                   signal.SIGTERM, metrics_path.parent if metrics_path is not None else None)
     finally:
         bar.close()
+    state.running = (running + loss_sum.item(), count)
     return state
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from fastmaml.train import config as cfg
-from fastmaml.train import distributed
+from fastmaml.train import distributed, placement
 from fastmaml.train.baselines import pretrain, tune_step_size
 from fastmaml.train.build import (
     build_algorithm,
@@ -100,14 +101,15 @@ def _create_run(config: cfg.TrainConfig, run_dir: Path, overwrite: bool) -> None
     write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
 
 
-def _device(name: str, dist: distributed.Context) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but this torch has no usable CUDA; use device=cpu")
-    return dist.device(name)
+def _device(name: str, dist: distributed.Context) -> tuple[torch.device, str]:
+    """This rank's device for the ``device`` option, and the name the run's config.yaml records: ``auto``
+    resolved to ``cuda`` or ``cpu`` (no index, so a resumed or distributed run picks its rank's GPU)."""
+    device = dist.device(name)
+    recorded = device.type if name == "auto" else name
+    if dist.is_main:
+        detail = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+        log.info("device=%s: training on %s%s", name, device, detail)
+    return device, recorded
 
 
 def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
@@ -139,14 +141,16 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
     dist.check_meta_batch(config.meta_batch_size)
     writer_class = summary_writer_class() if config.tensorboard and dist.is_main else None
-    device = _device(config.device, dist)
+    device, recorded = _device(config.device, dist)
+    config = dataclasses.replace(config, device=recorded)
     if config.threads:
         torch.set_num_threads(config.threads)
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
 
-    tasks = build_tasks(config, "train")
-    val_tasks = build_tasks(config, "val") if config.val_every else None
+    tasks = placement.place(build_tasks(config, "train"), device, "meta-train tasks")
+    val_tasks = placement.place(build_tasks(config, "val"), device, "meta-val tasks", prefetch=False) \
+        if config.val_every else None
     args = model_args(config, tasks)
     algorithm = build_algorithm(config, build_model(config, args)).to(device=device, dtype=DTYPES[config.dtype])
     optimizer = build_optimizer(config, algorithm.parameters())
@@ -206,6 +210,8 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     finally:
         if writer is not None:
             writer.close()
+        if isinstance(tasks, placement.Prefetcher):
+            tasks.close()
     dist.close(barrier=True)  # the rest is rank 0's alone
     if not main:
         return None
@@ -213,6 +219,15 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     if config.data.name == "sinusoid" and config.baseline_iterations:
         train_baselines(config, run_dir, tasks, build_model(config, args))
     return evaluate_run(run_dir) if evaluate_at_end else None
+
+
+def eval_device(name: str) -> torch.device:
+    """Where a run's meta-test runs: the device it trained on when this machine has it, else the CPU
+    (evaluating a GPU run on a laptop works, more slowly)."""
+    try:
+        return distributed.Context().device(name)
+    except ValueError:
+        return torch.device("cpu")
 
 
 def _score(result: dict) -> float:
@@ -283,14 +298,16 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     run_dir = Path(run_dir)
     algorithm = load(run_dir)  # raises for a folder that is not a run
     config = cfg.load(run_dir / CONFIG)
+    device = eval_device(config.device)
+    algorithm = algorithm.to(device)
     if num_tasks is not None and num_tasks < 1:
         raise ValueError(f"tasks={num_tasks}; evaluate on at least 1 task (the protocol uses 600)")
     num_tasks = num_tasks or config.eval_tasks
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
-    tasks = build_tasks(config, "test")
+    tasks = placement.place(build_tasks(config, "test"), device, "meta-test tasks", prefetch=False)
     methods = {config.algorithm: algorithm}
     if (run_dir / BASELINES).is_file():
-        methods.update(baselines(run_dir))
+        methods.update({name: m.to(device) for name, m in baselines(run_dir).items()})
     results = {name: evaluate(m, tasks, num_tasks, steps, task_generator(config, "test"))
                for name, m in methods.items()}
     write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
