@@ -125,6 +125,11 @@ CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("eval of a non-run folder", lambda ws: ["eval", str(ws)], "not a fastmaml run folder"),
     ("eval on -3 tasks", lambda ws: ["eval", str(ws / "run"), "--tasks", "-3"], "evaluate on at least 1 task"),
     ("eval with -1 steps", lambda ws: ["eval", str(ws / "run"), "--steps", "-1"], "inner_steps=-1"),
+    ("eval --out an existing file", lambda ws: ["eval", str(ws / "run"), "--out", str(ws / "run" / "eval.json")],
+     "exists; pass --overwrite to replace it, or choose another --out"),
+    ("eval --out in a missing folder", lambda ws: ["eval", str(ws / "run"), "--out", str(ws / "no" / "eval.json")],
+     "no folder"),
+    ("eval --out a folder", lambda ws: ["eval", str(ws / "run"), "--out", str(ws)], "is a folder; name a file"),
 ]
 
 

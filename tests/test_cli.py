@@ -1,6 +1,7 @@
 """The command line: user errors are one line on stderr, exit status 2, no traceback."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -100,6 +101,38 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
     assert "sinusoid" in capsys.readouterr().out
 
 
+def test_eval_never_replaces_the_runs_evaluation_unasked(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "iterations=2", "baseline_iterations=0", "eval_tasks=3", "eval_inner_steps=1",
+                 "compile=false", "--out", str(run), "--no-progress"]) == 0
+    trained = (run / "eval.json").read_bytes()
+    capsys.readouterr()
+    # eval.json is the training command's: a new evaluation goes beside it, named after its tasks and steps
+    assert main(["eval", str(run), "--tasks", "4"]) == 0
+    assert capsys.readouterr().out.endswith(f"results written to {run / 'eval-4tasks-1steps.json'} "
+                                            "(the run's eval.json is kept)\n")
+    assert json.loads((run / "eval-4tasks-1steps.json").read_text())["maml"]["tasks"] == 4
+    assert main(["eval", str(run), "--tasks", "4", "--json"]) == 0  # the same evaluation again: said so
+    out, err = capsys.readouterr()
+    assert json.loads(out)["maml"]["tasks"] == 4  # --json: stdout stays machine-readable
+    assert err == f"results written to {run / 'eval-4tasks-1steps.json'} (replacing the earlier file)\n"
+    # --out FILE: there, refusing to replace it without --overwrite
+    assert main(["eval", str(run), "--out", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["maml"]["tasks"] == 3
+    assert main(["eval", str(run), "--out", str(tmp_path / "e.json"), "--tasks", "5"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(["eval", str(run), "--out", str(tmp_path / "e.json"), "--tasks", "5", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["maml"]["tasks"] == 5
+    assert (run / "eval.json").read_bytes() == trained
+    # --overwrite alone replaces eval.json; a run without one gets it
+    assert main(["eval", str(run), "--tasks", "6", "--overwrite"]) == 0
+    assert json.loads((run / "eval.json").read_text())["maml"]["tasks"] == 6
+    (run / "eval.json").unlink()
+    assert main(["eval", str(run), "--tasks", "7"]) == 0
+    assert capsys.readouterr().out.endswith(f"results written to {run / 'eval.json'}\n")
+    assert json.loads((run / "eval.json").read_text())["maml"]["tasks"] == 7
+
+
 def test_console_script_shows_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fastmaml.cli", "train", "sinusoid", "inner_steps=-2"],
                             capture_output=True, text=True, cwd=tmp_path)
@@ -145,6 +178,84 @@ def test_every_command_of_the_readme_command_line_section_runs_as_written(tmp_pa
     out = capsys.readouterr().out
     assert "run folder: runs/sinusoid" in out and "run folder: runs/sin5" in out and '"maml"' in out
     runs = tmp_path / "runs"
-    assert json.loads((runs / "sinusoid" / "eval.json").read_text())["maml"]["tasks"] == 600
+    # `fastmaml eval` kept the evaluation the training command wrote (SHORT's 10 tasks) and wrote its own beside it
+    assert json.loads((runs / "sinusoid" / "eval.json").read_text())["maml"]["tasks"] == 10
+    assert json.loads((runs / "sinusoid" / "eval-600tasks-10steps.json").read_text())["maml"]["tasks"] == 600
     assert (runs / "sinusoid" / "plot.png").is_file() and (runs / "sin2" / "eval.json").is_file()
     assert signal.getsignal(signal.SIGINT) is sigint  # the launcher gave the handler back
+
+
+@pytest.mark.parametrize("default, cores, load, machine_cores, threads", [
+    (2, 2, 0.2, 2, 2),   # an idle machine: torch's default
+    (2, 2, 1.1, 2, 1),   # another job on one of two cores: the free one
+    (2, 2, 5.0, 2, 1),   # overloaded: still one thread
+    (8, 8, 3.2, 8, 5),
+    (4, 8, 3.0, 8, 4),   # torch's default (physical cores) already fits in what is free
+    (2, 2, 4.0, 8, 1),   # confined to 2 of 8 cores, half the machine busy: about one of ours taken
+])
+def test_threads_0_uses_the_cores_other_jobs_leave_free(default, cores, load, machine_cores, threads):
+    from fastmaml.threads import auto_threads
+
+    assert auto_threads(default, cores, load, machine_cores) == threads
+
+
+@pytest.fixture
+def busy_machine(monkeypatch):
+    """Two cores, torch's default of 2 threads, and a load average of 1.3: another job holds a core."""
+    import fastmaml.threads
+
+    monkeypatch.setattr(fastmaml.threads.os, "getloadavg", lambda: (1.3, 1.0, 0.5))
+    monkeypatch.setattr(fastmaml.threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(fastmaml.threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("argv, trainer", [
+    (["train", "sinusoid", "threads=0"], "fastmaml.train.run.train"),  # (the recipe itself sets threads: 1)
+    (["train", "nav2d"], "fastmaml.rl.train.train"),
+])
+def test_on_a_busy_machine_threads_0_trains_on_the_free_cores_and_says_so_once(argv, trainer, busy_machine,
+                                                                                monkeypatch, caplog, tmp_path):
+    if "nav2d" in argv:
+        pytest.importorskip("gymnasium")
+    seen = []
+    monkeypatch.setattr(trainer, lambda config, *args, **kwargs: seen.append(torch.get_num_threads()))
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    notes = [r.getMessage() for r in caplog.records if "threads" in r.getMessage()]
+    assert seen == [1] and len(notes) == 1 and "busy" in notes[0] and "set threads=N" in notes[0]
+    assert torch.get_num_threads() == 2  # given back after the command
+    caplog.clear()
+    assert main([*argv, "threads=2", "--out", str(tmp_path / "run")]) == 0  # the user's choice stands
+    assert seen[1:] == [2] and not [r for r in caplog.records if "busy" in r.getMessage()]
+
+
+def test_threads_0_leaves_an_idle_machine_and_omp_num_threads_alone(busy_machine, monkeypatch, caplog):
+    import fastmaml.threads
+    from fastmaml.threads import use_free_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's (or --nproc-per-node's) choice
+    with caplog.at_level(logging.INFO), use_free_cores(0) as threads:
+        assert threads == torch.get_num_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(fastmaml.threads.os, "getloadavg", lambda: (0.3, 0.3, 0.3))
+    with caplog.at_level(logging.INFO), use_free_cores(0) as threads:
+        assert threads == torch.get_num_threads() == 2
+    assert not caplog.records
+
+
+def test_eval_of_a_meta_rl_run_keeps_its_eval_json(tmp_path, capsys):
+    pytest.importorskip("gymnasium")
+    run = tmp_path / "nav"
+    assert main(["train", "nav2d", "iterations=1", "meta_batch_size=2", "trajectories=2", "horizon=5",
+                 "policy.hidden=[4]", "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1",
+                 "--out", str(run), "--no-progress"]) == 0
+    trained = (run / "eval.json").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "3"]) == 0
+    assert f"results written to {run / 'eval-3tasks-1steps.json'}" in capsys.readouterr().out
+    assert (run / "eval.json").read_bytes() == trained and (run / "eval-3tasks-1steps.json").is_file()

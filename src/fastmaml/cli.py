@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's eval_tasks)")
     evaluate.add_argument("--steps", type=int, help="inner steps at test (default: the run's eval_inner_steps)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--out", type=Path, metavar="FILE",
+                          help="write the results to FILE (default: RUN_DIR/eval.json when the run has none, "
+                               "else RUN_DIR/eval-<tasks>tasks-<steps>steps.json)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace an existing results file (without --out: the run's eval.json)")
 
     plot = commands.add_parser("plot", help="draw a run's adaptation panel and learning curve (PNG)")
     plot.add_argument("run_dir", type=Path)
@@ -104,11 +109,22 @@ class _Supervised:
     """The supervised kind of run, as :mod:`fastmaml.rl.cli` describes the meta-RL kind."""
 
     @staticmethod
-    def train(recipe: str, overrides: list[str], out: Path, overwrite: bool, progress: bool) -> dict | None:
+    def resolve(recipe: str, overrides: list[str]):
         from fastmaml.train import config as cfg
+
+        return cfg.resolve(recipe, overrides)
+
+    @staticmethod
+    def load_config(run_dir: Path):
+        from fastmaml.train import config as cfg
+
+        return cfg.load(run_dir / "config.yaml")
+
+    @staticmethod
+    def train(config, out: Path, overwrite: bool, progress: bool) -> dict | None:
         from fastmaml.train import run as runs
 
-        return runs.train(cfg.resolve(recipe, overrides), out, overwrite=overwrite, progress=progress)
+        return runs.train(config, out, overwrite=overwrite, progress=progress)
 
     @staticmethod
     def resume(run_dir: Path, progress: bool) -> dict | None:
@@ -117,10 +133,10 @@ class _Supervised:
         return runs.train(None, run_dir, resume=True, progress=progress)
 
     @staticmethod
-    def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None) -> dict:
+    def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path) -> dict:
         from fastmaml.train import run as runs
 
-        return runs.evaluate_run(run_dir, tasks, steps)
+        return runs.evaluate_run(run_dir, tasks, steps, out=out)
 
     @staticmethod
     def plot_run(run_dir: Path, out: Path | None) -> Path:
@@ -129,6 +145,76 @@ class _Supervised:
         return plot_run(run_dir, out)
 
     summary = staticmethod(_summary)
+
+
+def _saved_config(kind, run_dir: Path):
+    """The config saved in ``run_dir``, or None when it cannot be read (the command itself then says why)."""
+    try:
+        return kind.load_config(run_dir)
+    except USER_ERRORS:
+        return None
+
+
+def _train(args: argparse.Namespace, kind) -> int:
+    from fastmaml.threads import use_free_cores
+
+    progress = not args.no_progress
+    if args.resume is not None:
+        if args.recipe or args.overrides:
+            raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
+        config = _saved_config(kind, args.resume)
+        with use_free_cores(config.threads if config is not None else None):
+            results = kind.resume(args.resume, progress)
+    else:
+        if args.recipe is None:
+            raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
+        if "=" in args.recipe:
+            raise ValueError(f"{args.recipe!r} looks like an override; put the recipe name first")
+        out = args.out or Path("runs") / Path(args.recipe).stem
+        config = kind.resolve(args.recipe, args.overrides)
+        with use_free_cores(config.threads):
+            results = kind.train(config, out, args.overwrite, progress)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"run folder: {out}")
+    if results:
+        print(kind.summary(results))
+    return 0
+
+
+def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: Path | None, overwrite: bool
+              ) -> Path:
+    """Where ``fastmaml eval`` writes its results: ``out`` when given; the run's ``eval.json`` when the run has
+    none yet or ``overwrite`` is set; else ``eval-<tasks>tasks-<steps>steps.json`` beside it, so the
+    evaluation that ``fastmaml train`` wrote is never replaced unasked."""
+    if out is not None:
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; name a file, e.g. --out {out / 'eval.json'}")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--out {out}: no folder {out.parent}; create it or choose another --out")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
+        return out
+    default = run_dir / "eval.json"
+    if overwrite or config is None or not default.exists():
+        return default  # (no config: the evaluation stops, before writing anything, on the reason)
+    tasks = config.eval_tasks if tasks is None else tasks
+    steps = config.eval_inner_steps if steps is None else steps
+    return run_dir / f"eval-{tasks}tasks-{steps}steps.json"
+
+
+def _evaluate(args: argparse.Namespace, kind) -> int:
+    from fastmaml.threads import use_free_cores
+
+    config = _saved_config(kind, args.run_dir)
+    out = eval_path(args.run_dir, config, args.tasks, args.steps, args.out, args.overwrite)
+    replacing = out.exists()
+    with use_free_cores(config.threads if config is not None else None):
+        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out)
+    print(json.dumps(results, indent=1) if args.json else kind.summary(results))
+    kept = args.out is None and out.name != "eval.json"
+    note = " (replacing the earlier file)" if replacing else " (the run's eval.json is kept)" if kept else ""
+    print(f"results written to {out}{note}", file=sys.stderr if args.json else sys.stdout)
+    return 0
 
 
 def run(argv: list[str]) -> int:
@@ -149,27 +235,9 @@ def run(argv: list[str]) -> int:
                              "to it with threads=2")
         return _launch(args)
     if args.command == "train":
-        progress = not args.no_progress
-        if args.resume is not None:
-            if args.recipe or args.overrides:
-                raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
-            results = kind.resume(args.resume, progress)
-        else:
-            if args.recipe is None:
-                raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
-            if "=" in args.recipe:
-                raise ValueError(f"{args.recipe!r} looks like an override; put the recipe name first")
-            out = args.out or Path("runs") / Path(args.recipe).stem
-            results = kind.train(args.recipe, args.overrides, out, args.overwrite, progress)
-            if os.environ.get("RANK", "0") == "0":
-                print(f"run folder: {out}")
-        if results:
-            print(kind.summary(results))
-        return 0
+        return _train(args, kind)
     if args.command == "eval":
-        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps)
-        print(json.dumps(results, indent=1) if args.json else kind.summary(results))
-        return 0
+        return _evaluate(args, kind)
     if args.command == "plot":
         print(kind.plot_run(args.run_dir, args.out))
         return 0

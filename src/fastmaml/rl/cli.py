@@ -19,10 +19,18 @@ def handles(args: argparse.Namespace) -> bool:
     return False
 
 
-def train(recipe: str, overrides: list[str], out: Path, overwrite: bool, progress: bool) -> dict | None:
+def resolve(recipe: str, overrides: list[str]) -> rlcfg.RLConfig:
+    return rlcfg.resolve(recipe, overrides)
+
+
+def load_config(run_dir: Path) -> rlcfg.RLConfig:
+    return rlcfg.load(run_dir / "config.yaml")
+
+
+def train(config: rlcfg.RLConfig, out: Path, overwrite: bool, progress: bool) -> dict | None:
     from fastmaml.rl import train as runs
 
-    return runs.train(rlcfg.resolve(recipe, overrides), out, overwrite=overwrite, progress=progress)
+    return runs.train(config, out, overwrite=overwrite, progress=progress)
 
 
 def resume(run_dir: Path, progress: bool) -> dict | None:
@@ -31,10 +39,10 @@ def resume(run_dir: Path, progress: bool) -> dict | None:
     return runs.train(None, run_dir, resume=True, progress=progress)
 
 
-def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None) -> dict:
+def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path) -> dict:
     from fastmaml.rl.train import evaluate_run as evaluate
 
-    return evaluate(run_dir, tasks, steps)
+    return evaluate(run_dir, tasks, steps, out=out)
 
 
 def plot_run(run_dir: Path, out: Path | None) -> Path:

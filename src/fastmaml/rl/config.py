@@ -64,7 +64,7 @@ class RLConfig:
     max_minutes: float = 0.0
     seed: int = 0
     execution: str = "auto"
-    threads: int = 0
+    threads: int = 0  # 0: torch's default, or only the free cores when other jobs load the machine
     dtype: str = "float32"
     log_every: int = 10
     checkpoint_every: int = 50

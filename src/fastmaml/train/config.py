@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 0
     execution: str = "auto"
     compile: bool | None = None  # None: the library decides (fastmaml.core.compiled, compile="auto")
-    threads: int = 0
+    threads: int = 0  # 0: torch's default, or only the free cores when other jobs load the machine
     device: str = "auto"  # the GPU when torch sees one, else the CPU (fastmaml.train.distributed.Context.device)
     dtype: str = "float32"
     log_every: int = 100
