@@ -152,9 +152,9 @@ class OuterEngine:
 
     # -- the paths -------------------------------------------------------------------------------------
 
-    def _map(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...]):
+    def _map(self, objective: Objective, ctx: TaskContext, tensors: tuple[Tensor, ...], retry: bool = True):
         with exact_batch_norm(self.exact_bn):
-            losses, *aux = self.mapper(_flat(objective, ctx), *tensors)
+            losses, *aux = self.mapper(_flat(objective, ctx), *tensors, retry=retry)
         return losses, tuple(aux)
 
     def _value_and_grad(self, objective, ctx, tensors, leaves, over: int | None):
@@ -199,7 +199,7 @@ class OuterEngine:
             return self._loop(objective, ctx, tensors, leaves, over)
         if self.mapper.chunk is not None and self.mapper.chunk < tasks:
             return self._chunked(objective, ctx, tensors, leaves, over, self.mapper.chunk)
-        losses, aux = self._map(objective, ctx, tensors)
+        losses, aux = self._map(objective, ctx, tensors, retry=False)
         value = _reduce(losses, over)
         grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
         self.last_path = "vmap" if self.mapper.execution == "vmap" else "loop-graph"

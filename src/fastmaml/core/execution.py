@@ -197,14 +197,17 @@ class TaskMapper:
             torch.cuda.empty_cache()
         return self.chunk
 
-    def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor) -> tuple[Tensor, ...]:
+    def __call__(self, fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor, retry: bool = True
+                 ) -> tuple[Tensor, ...]:
+        """``fn`` over the tasks of ``batched``; ``retry=False`` leaves an out-of-memory error to the caller
+        (the outer step, which chunks its gradient too, not only this forward)."""
         if self.resolve(*batched) == "loop":
             return run_loop(fn, *batched)
         while True:
             try:
                 return self._vmap(fn, *batched)
             except Exception as error:
-                if not is_out_of_memory(error):
+                if not (retry and is_out_of_memory(error)):
                     raise
                 self.shrink(batched[0].shape[0], error)
 

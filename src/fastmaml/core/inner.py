@@ -6,6 +6,7 @@ task dimension or in a Python loop, so the two paths cannot drift apart.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,23 @@ class InnerSpec:
 def forward(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, slot: int = 0, query: bool = False) -> Tensor:
     if spec.slot_state is not None:
         params, buffers = spec.slot_state(params, buffers, slot, query)
+    if x.is_cuda and has_recurrent(spec.model):
+        # cuDNN's RNN kernels fail under functional_call with swapped-in parameters and have no double
+        # backward; torch's own recurrent kernels are composite, exact to any order (as attention's math
+        # backend, fastmaml.core.exact).
+        with torch.backends.cudnn.flags(enabled=False):
+            return functional_call(spec.model, (params, buffers), (x,), strict=False)
     return functional_call(spec.model, (params, buffers), (x,), strict=False)
+
+
+_RECURRENT: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def has_recurrent(model: nn.Module) -> bool:
+    """Whether ``model`` holds a recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` or a cell); cached."""
+    if model not in _RECURRENT:
+        _RECURRENT[model] = any(isinstance(m, (nn.RNNBase, nn.RNNCellBase)) for m in model.modules())
+    return _RECURRENT[model]
 
 
 def loss_of(spec: InnerSpec, params: Params, buffers: Params, x: Tensor, y: Tensor, slot: int = 0) -> Tensor:

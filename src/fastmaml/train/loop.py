@@ -109,6 +109,13 @@ def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept:
                              f"inner_lr or outer_lr, or check the data for NaN/inf{hint}{kept}")
 
 
+def checks_each_step(device: torch.device, dist: Context) -> bool:
+    """Whether every iteration reads its loss on the host: on the CPU (free there) and with several ranks
+    (their stop decisions are read anyway). On a GPU nothing in an iteration waits for the device: the
+    loss is summed there and read at log lines and checkpoints."""
+    return device.type == "cpu" or dist.enabled
+
+
 class FiniteWatch:
     """Checks each iteration's loss and meta-gradient for NaN/inf before they can reach a checkpoint.
 
@@ -216,9 +223,7 @@ def meta_train(
     dist.check_meta_batch(meta_batch_size)
     params = [p for p in algorithm.parameters() if p.requires_grad]
     device, dtype = params[0].device, params[0].dtype
-    # On a GPU nothing in an iteration waits for the device: the loss is summed there and read at log lines.
-    on_host = device.type == "cpu" or dist.enabled
-    watch = FiniteWatch(params, getattr(algorithm, "divergence_hint", ""), defer=not on_host)
+    watch = FiniteWatch(params, getattr(algorithm, "divergence_hint", ""), defer=not checks_each_step(device, dist))
     bar = Progress(iterations, state.iteration, progress)
     (running, count), tick = state.running, time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
