@@ -24,7 +24,8 @@ ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile", "imaml", "mamlpp")
 # Reptile: openai/supervised-reptile's sine demo (SGD 0.02 on minibatches of 10 of a task's 50 points, one
 # pass = 5 steps, one task per outer step, outer SGD 0.1 annealed linearly to 0, 32 steps at test); the
 # query set at meta-test stays K points. iMAML: 25 proximal steps, lambda 2, damped CG, clipped inner steps,
-# the outer rate annealed (a constant rate drifts after ~2,000 iterations: RESULTS.md, issue #12).
+# the outer rate annealed (a constant rate drifts after ~2,000 iterations: RESULTS.md, "iMAML and Reptile in
+# their own regimes").
 OWN_REGIME = {
     "reptile": ["inner_lr=0.02", "inner_steps=5", "eval_inner_steps=32", "data.query_shots={rest}",
                 "data.eval_query_shots={shots}", "meta_batch_size=1", "optimizer=sgd", "outer_lr=0.1",
