@@ -73,5 +73,5 @@ def test_a_recipe_file_that_is_not_a_mapping_names_its_type_with_the_right_artic
     from fastmaml.train import config as cfg
 
     (tmp_path / "r.yaml").write_text("3\n")
-    with pytest.raises(ValueError, match=r"not an int$"):
+    with pytest.raises(ValueError, match=r"not an int; write one key: value per line"):
         cfg.resolve(str(tmp_path / "r.yaml"))

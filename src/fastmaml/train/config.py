@@ -116,7 +116,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build the dataclass ``cls`` from nested ``values``, checking every key and type."""
     if not isinstance(values, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values, not {values!r}")
+        if prefix:
+            raise ValueError(f"{prefix.rstrip('.')} must be a mapping of keys to values, not {values!r}; give its "
+                             f"keys, e.g. {prefix}KEY=VALUE")
+        raise ValueError(f"the config must be a mapping of keys to values, not {values!r}; write one key: value "
+                         "per line")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -145,7 +149,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return tuple(_coerce(args[0], v, name) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{name} must be a mapping, e.g. {name}.KEY=VALUE, not {value!r}")
+            raise ValueError(f"{name} must be a mapping, not {value!r}; give its keys, e.g. {name}.KEY=VALUE")
         return dict(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -170,7 +174,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r} sets a key inside {part!r}, which is not a section")
+                raise ValueError(f"override {item!r} sets a key inside {part!r}, which another override gave a "
+                                 f"value; drop one of the two")
         node[leaf] = value
     return nested
 
@@ -221,8 +226,9 @@ def resolve(recipe: str | None, overrides: list[str] | None = None) -> TrainConf
         text = path.read_text() if recipe.endswith((".yaml", ".yml")) and path.is_file() else recipe_text(recipe)
         values = _parse_yaml(text, recipe)
         if not isinstance(values, dict):
-            raise ValueError(f"{recipe} must be a mapping of config keys to values (e.g. inner_lr: 0.01), "
-                             f"not {with_article(type(values).__name__)}")
+            raise ValueError(f"{recipe} must be a mapping of config keys to values, not "
+                             f"{with_article(type(values).__name__)}; write one key: value per line, e.g. "
+                             "inner_lr: 0.01")
     return from_dict(TrainConfig, merge(values, parse_overrides(overrides or [])))
 
 
