@@ -223,3 +223,24 @@ def test_gpu_loop_stops_on_a_non_finite_step_before_any_checkpoint(monkeypatch):
                    meta_batch_size=4, progress=False, log_every=100, checkpoint_every=4,
                    checkpoint=lambda state: saved.append(state.iteration))
     assert saved == [] and "at iteration 3" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_a_gpu_run_resumes_on_the_cpu(tmp_path, capsys):
+    from fastmaml.cli import main
+
+    run_dir = tmp_path / "run"
+    small = ["iterations=4", "log_every=2", "checkpoint_every=2", "baseline_iterations=0", "eval_tasks=5",
+             "meta_batch_size=2", "compile=false", "--no-progress"]
+    assert main(["train", "sinusoid", *small, "--out", str(run_dir)]) == 0
+    config = run_dir / "config.yaml"
+    assert "device: cpu" in config.read_text()  # device=auto, resolved and recorded
+    config.write_text(config.read_text().replace("device: cpu", "device: cuda"))  # as a GPU run writes it
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and f"--resume {run_dir} device=cpu" in error
+    assert main(["train", "--resume", str(run_dir), "device=cpu"]) == 0
+    assert "device: cpu" in config.read_text()
+    assert main(["train", "--resume", str(run_dir), "inner_lr=0.5"]) == 2
+    assert "only device=... may change" in capsys.readouterr().err

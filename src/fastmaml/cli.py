@@ -13,9 +13,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fastmaml.errors import OutOfMemory
+
 # Errors a user can fix from the message alone: shown as one line, exit status 2, no traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
-               FloatingPointError, pickle.UnpicklingError, KeyError)
+               FloatingPointError, pickle.UnpicklingError, KeyError, OutOfMemory)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,11 +91,10 @@ def _launch(args: argparse.Namespace) -> int:
     from fastmaml.train import run as runs
 
     if args.resume is not None:
-        if args.recipe or args.overrides:
-            raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
         runs.check_run_dir(args.resume, overwrite=False, resume=True)
         config = cfg.load(args.resume / runs.CONFIG)
-        argv = ["train", "--resume", str(args.resume)]
+        device = _resume_device(args)
+        argv = ["train", "--resume", str(args.resume), *([f"device={device}"] if device else [])]
     else:
         if args.recipe is None:
             raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
@@ -127,10 +128,10 @@ class _Supervised:
         return runs.train(config, out, overwrite=overwrite, progress=progress)
 
     @staticmethod
-    def resume(run_dir: Path, progress: bool) -> dict | None:
+    def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | None:
         from fastmaml.train import run as runs
 
-        return runs.train(None, run_dir, resume=True, progress=progress)
+        return runs.train(None, run_dir, resume=True, progress=progress, device=device)
 
     @staticmethod
     def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path) -> dict:
@@ -147,6 +148,16 @@ class _Supervised:
     summary = staticmethod(_summary)
 
 
+def _resume_device(args: argparse.Namespace) -> str | None:
+    """The one setting ``--resume`` may change: ``device=...`` (a run trained on a GPU continues on the CPU, or
+    the other way round; checkpoints load on any device)."""
+    given = [t for t in (args.recipe, *args.overrides) if t is not None]
+    if any(not t.startswith("device=") for t in given) or len(given) > 1:
+        raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides "
+                         "(only device=... may change)")
+    return given[0].removeprefix("device=") if given else None
+
+
 def _saved_config(kind, run_dir: Path):
     """The config saved in ``run_dir``, or None when it cannot be read (the command itself then says why)."""
     try:
@@ -160,11 +171,10 @@ def _train(args: argparse.Namespace, kind) -> int:
 
     progress = not args.no_progress
     if args.resume is not None:
-        if args.recipe or args.overrides:
-            raise ValueError("--resume continues a run with its saved config; drop the recipe and overrides")
+        device = _resume_device(args)
         config = _saved_config(kind, args.resume)
         with use_free_cores(config.threads if config is not None else None):
-            results = kind.resume(args.resume, progress)
+            results = kind.resume(args.resume, progress, device) if device else kind.resume(args.resume, progress)
     else:
         if args.recipe is None:
             raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")

@@ -4,7 +4,7 @@
 model and the size of one task; :class:`TaskMapper` applies it (once, logged) and everything else —
 the outer loss, its fast gradient path, evaluation — reads the mapper's resolved ``execution``.
 
-Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/RESULTS.md, "Speed"):
+Measured on a 2-core CPU, torch 2.13, one thread, second-order MAML (benchmarks/RESULTS.md, "CPU speed"):
 
 - MLP on the sinusoid (25 tasks of 20 points): vmap 3 ms, the loop 30 (the loop pays the per-op
   overhead once per task).
@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml.core.exact import vmap_is_exact, vmapping
+from fastmaml.errors import OutOfMemory
 
 Execution = Literal["auto", "vmap", "loop"]
 EXECUTIONS = ("auto", "vmap", "loop")
@@ -131,10 +132,6 @@ def run_vmap(fn: Callable[..., tuple[Tensor, ...]], *batched: Tensor, chunk: int
         parts = [torch.func.vmap(fn, randomness="different")(*(t[i:i + chunk] for t in batched))
                  for i in range(0, batched[0].shape[0], chunk)]
         return tuple(torch.cat(column) for column in zip(*parts))
-
-
-class OutOfMemory(MemoryError):
-    """The device ran out of memory on one task at a time: the workload cannot run there as configured."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -33,8 +33,11 @@ def train(config: rlcfg.RLConfig, out: Path, overwrite: bool, progress: bool) ->
     return runs.train(config, out, overwrite=overwrite, progress=progress)
 
 
-def resume(run_dir: Path, progress: bool) -> dict | None:
+def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | None:
     from fastmaml.rl import train as runs
+
+    if device is not None:
+        raise ValueError("meta-RL runs sample and train on the CPU; drop device=... from --resume")
 
     return runs.train(None, run_dir, resume=True, progress=progress)
 

@@ -94,11 +94,15 @@ def _read_run(run_dir: Path) -> tuple[cfg.TrainConfig, dict | None]:
     return config, load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
 
 
-def _create_run(config: cfg.TrainConfig, run_dir: Path, overwrite: bool) -> None:
+def _dump(config: cfg.TrainConfig) -> str:
     import yaml
 
+    return yaml.safe_dump(cfg.to_dict(config), sort_keys=False)
+
+
+def _create_run(config: cfg.TrainConfig, run_dir: Path, overwrite: bool) -> None:
     prepare_run_dir(run_dir, overwrite, resume=False)
-    write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
+    write_text_atomic(_dump(config), run_dir / CONFIG)
 
 
 def _device(name: str, dist: distributed.Context) -> tuple[torch.device, str]:
@@ -113,35 +117,44 @@ def _device(name: str, dist: distributed.Context) -> tuple[torch.device, str]:
 
 
 def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
-          progress: bool = True, evaluate_at_end: bool = True) -> dict | None:
+          progress: bool = True, evaluate_at_end: bool = True, device: str | None = None) -> dict | None:
     """Meta-train per ``config`` into ``run_dir`` (or continue the run there); returns the final evaluation.
 
     Launched by torchrun with several processes, the meta-batch is split across them (see
     :mod:`fastmaml.train.distributed`); only rank 0 writes files and returns the evaluation.
     SIGINT/SIGTERM save a checkpoint and raise :class:`~fastmaml.train.loop.Interrupted`.
+    ``device``: with ``resume``, continue on this device instead of the saved one (a checkpoint loads on any
+    device); the run's config.yaml then records it.
     """
     run_dir = Path(run_dir)
     dist = distributed.from_env()
     try:
-        return _train(config, run_dir, dist, overwrite, resume, progress, evaluate_at_end)
+        return _train(config, run_dir, dist, overwrite, resume, progress, evaluate_at_end, device)
     finally:
         dist.close()
 
 
 def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Context, overwrite: bool, resume: bool,
-           progress: bool, evaluate_at_end: bool) -> dict | None:
+           progress: bool, evaluate_at_end: bool, device_override: str | None) -> dict | None:
     # Nothing is written until everything is built and the checkpoint restored: a bad config, a
     # corrupt checkpoint or missing data leaves the folder exactly as it was.
     checkpoint = None
     if resume:
         config, checkpoint = dist.run_on_main(lambda: _read_run(run_dir))
+        if device_override is not None:  # the checkpoint loads on any device (read to the CPU, then moved)
+            config = dataclasses.replace(config, device=device_override)
     elif config is None:
         raise ValueError("train() needs a config unless resume=True")
     else:
         dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
     dist.check_meta_batch(config.meta_batch_size)
     writer_class = summary_writer_class() if config.tensorboard and dist.is_main else None
-    device, recorded = _device(config.device, dist)
+    try:
+        device, recorded = _device(config.device, dist)
+    except ValueError as error:
+        if not resume:
+            raise
+        raise ValueError(f"{error} (fastmaml train --resume {run_dir} device=cpu)") from None
     config = dataclasses.replace(config, device=recorded)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -162,6 +175,8 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     if not resume:
         dist.run_on_main(lambda: _create_run(config, run_dir, overwrite))
     elif dist.is_main:
+        if device_override is not None:  # the next --resume continues where this one runs
+            write_text_atomic(_dump(config), run_dir / CONFIG)
         # metrics.jsonl may run past the checkpoint (or end in half a line after a kill): rewrite it
         # from the checkpoint's history, which is exactly what was logged up to its iteration
         write_text_atomic("".join(json.dumps(r) + "\n" for r in state.history), run_dir / METRICS)
