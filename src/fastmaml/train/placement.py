@@ -91,7 +91,8 @@ class Prefetcher:
 
     def sample_tasks(self, tasks: int, generator: torch.Generator) -> TaskBatch:
         state = generator.get_state()
-        if self._thread is None or self._expected is None or tasks != self._size or not torch.equal(state, self._expected):
+        moved = self._expected is None or not torch.equal(state, self._expected)
+        if self._thread is None or moved or tasks != self._size:
             self._start(tasks, generator)
         item = self._queue.get()
         if isinstance(item, BaseException):
