@@ -82,6 +82,21 @@ To find a message, search this page for its fixed words.
 <!-- Generated from the code by `python docs/gen_errors.py`: edit the messages there, not here. -->
 """
 
+OUTRO = """\
+## Not errors, but surprising
+
+**A run is much slower while other jobs use the machine.** With `threads=0` (the default; a recipe may set its
+own), `fastmaml train` and `fastmaml eval` look at the load average first; when other jobs hold cores, the run uses
+only the free ones and logs one line, e.g. `threads=0: the machine is busy (load average 1.3 on 2 cores), so
+this run uses 1 thread instead of 2; set threads=N to choose`. Set `threads=N` to choose yourself; an
+`OMP_NUM_THREADS` in the environment is also left as it is.
+
+**`fastmaml eval RUN_DIR` did not change `eval.json`.** `eval.json` is the evaluation `fastmaml train` wrote at
+the end of the run, and `fastmaml eval` keeps it: it writes `eval-<tasks>tasks-<steps>steps.json` beside it
+(for example `eval-600tasks-10steps.json`) and prints where. It writes `eval.json` only when the run has none,
+or with `--overwrite`; `--out FILE` puts the results anywhere else.
+"""
+
 
 @dataclass(frozen=True)
 class Error:
@@ -327,7 +342,7 @@ def render(errors: list[Error] | None = None) -> str:
             where = ", ".join(f"{_code(e.where)} ({e.exception})" for e in raises)
             lines.append(f"| {_code(message)} | {fix} | {where} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, OUTRO])
 
 
 def main(argv: list[str] | None = None) -> int:

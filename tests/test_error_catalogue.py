@@ -96,3 +96,9 @@ def test_the_regenerate_command_is_the_one_named(tmp_path, monkeypatch, capsys):
     assert gen_errors.main(["--check"]) == 1
     assert gen_errors.COMMAND in capsys.readouterr().out
     assert gen_errors.main([]) == 0 and gen_errors.main(["--check"]) == 0
+
+
+def test_the_page_quotes_the_busy_machine_line_as_runs_log_it():
+    from test_cli import BUSY_NOTE
+
+    assert BUSY_NOTE in " ".join(gen_errors.PAGE.read_text().split())
