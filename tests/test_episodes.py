@@ -165,3 +165,21 @@ def test_bad_tensors_raise():
         EpisodicTasks(torch.zeros(10, 1, 4, 5), torch.arange(10), 2, 1, rotations=True)
     with pytest.raises(ValueError, match="ask for 40 classes but there are 30"):
         split_classes(30, (20, 20, None))
+
+
+@pytest.mark.parametrize("classes", [40, 9], ids=["redrawn-draws", "smallest-keys"])
+def test_class_choice_is_distinct_and_uniform_in_every_position(classes):
+    """Both ways of choosing a task's classes (redrawing repeats among many classes, the smallest keys among few)
+    give distinct classes, each class equally likely in every way's position."""
+    ways, tasks = 3, 18_000
+    images, labels = torch.zeros(classes * 2, 1, 2, 2), torch.arange(classes).repeat_interleave(2)
+    sampler = EpisodicTasks(images, labels, ways=ways, shots=1, query_shots=1)
+    index, _ = sampler.sample_indices(tasks, torch.Generator().manual_seed(0))
+    chosen = labels[index[:, :, 0]]  # (tasks, ways): the class of each way
+    ordered = chosen.sort(dim=1).values
+    assert not (ordered[:, 1:] == ordered[:, :-1]).any()
+    expected = tasks / classes
+    for way in range(ways):
+        counts = torch.bincount(chosen[:, way], minlength=classes).double()
+        chi2 = ((counts - expected) ** 2 / expected).sum().item()
+        assert chi2 < classes + 6 * (2 * classes) ** 0.5  # mean `classes - 1`, sd sqrt(2 (classes - 1))
