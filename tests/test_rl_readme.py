@@ -1,4 +1,4 @@
-"""The README's meta-RL section runs as written (training shortened by overrides)."""
+"""The 2D-navigation tutorial (docs/tutorials/navigation.md) runs as written (training shortened by overrides)."""
 
 import re
 import shlex
@@ -10,8 +10,7 @@ pytest.importorskip("gymnasium")
 
 from fastmaml.cli import main  # noqa: E402
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
-SECTION = README.split("## Meta-reinforcement learning", 1)[1].split("\n## ", 1)[0]
+SECTION = (Path(__file__).parents[1] / "docs" / "tutorials" / "navigation.md").read_text()
 SHORT = ["iterations=1", "meta_batch_size=2", "trajectories=2", "horizon=5", "policy.hidden=[4]",
          "baseline_iterations=1", "eval_tasks=2"]
 
@@ -31,7 +30,7 @@ def test_the_readme_meta_rl_commands_and_python_run(tmp_path, monkeypatch, capsy
     assert (tmp_path / "runs" / "nav2d" / "plot.png").is_file()
     (python,) = _blocks("python")
     namespace = {}
-    exec(compile(python, "README.md", "exec"), namespace)
+    exec(compile(python, "docs/tutorials/navigation.md", "exec"), namespace)
     assert namespace["action"].shape == (2,)
 
 

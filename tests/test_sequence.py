@@ -11,7 +11,7 @@ import fastmaml as fm
 from fastmaml.tasks import TokenSequences
 from helpers import reference_meta_gradient
 
-README = Path(__file__).parents[1] / "README.md"
+README = Path(__file__).parents[1] / "docs" / "tutorials" / "your-own-model.md"  # the transformer example
 
 
 def test_episodes_have_the_promised_shapes_labels_and_seeding():
