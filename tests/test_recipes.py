@@ -20,14 +20,14 @@ from fixtures import miniimagenet_layout
 
 OMNIGLOT = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 RECIPES = cfg.recipe_names()
-RL = ("nav2d", "cheetah-vel", "cheetah-dir")
+RL = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
 SMALL = ["iterations=2", "log_every=1", "val_every=1", "val_tasks=2", "eval_tasks=3", "checkpoint_every=1",
          "threads=0"]
 EVAL_TASKS = 3
 
 
 def test_the_recipe_count():
-    assert len(RECIPES) == 13
+    assert len(RECIPES) == 15
 
 
 @pytest.fixture(scope="module")

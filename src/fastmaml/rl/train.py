@@ -36,7 +36,8 @@ from fastmaml.train.run import check_run_dir, prepare_run_dir
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CONFIG, METRICS, LAST, BASELINES, EVAL = "config.yaml", "metrics.jsonl", "checkpoint.pt", "baselines.pt", "eval.json"
-LOCOMOTION = {"half-cheetah-vel": "HalfCheetahVel", "half-cheetah-dir": "HalfCheetahDir"}  # fastmaml.rl.locomotion
+LOCOMOTION = {"half-cheetah-vel": "locomotion:HalfCheetahVel", "half-cheetah-dir": "locomotion:HalfCheetahDir",
+              "ant-vel": "ant:AntVel", "ant-dir": "ant:AntDir"}  # fastmaml.rl.<module>:<family>
 TEST_STREAM = 1_000_003  # meta-test tasks come from seed + this: a stream no training run draws from
 
 
@@ -47,9 +48,9 @@ def build_family(config: rlcfg.RLConfig):
 
         return Navigation2DTasks(horizon=config.horizon, **config.env_options)
     if config.env in LOCOMOTION:
-        from fastmaml.rl import locomotion
-
-        return getattr(locomotion, LOCOMOTION[config.env])(horizon=config.horizon, **config.env_options)
+        module, _, family = LOCOMOTION[config.env].partition(":")
+        factory = getattr(importlib.import_module(f"fastmaml.rl.{module}"), family)
+        return factory(horizon=config.horizon, **config.env_options)
     module, _, name = config.env.partition(":")
     if not name:
         raise ValueError(f"env={config.env!r}; use navigation2d, {', '.join(LOCOMOTION)} or "
