@@ -193,6 +193,20 @@ def test_every_config_key_and_recipe_is_in_the_configuration_reference():
     assert not set(recipe_names()) - documented, f"recipes missing there: {set(recipe_names()) - documented}"
 
 
+def test_every_command_line_option_is_in_the_configuration_reference():
+    from fastmaml.cli import _parser
+
+    page = (ROOT / "docs" / "reference" / "configuration.md").read_text()
+    (subcommands,) = [action for action in _parser()._actions if action.dest == "command"]
+    missing = []
+    for command, parser in subcommands.choices.items():
+        rows = [line for line in page.splitlines() if line.startswith(f"| `fastmaml {command}")]
+        assert len(rows) == 1, f"docs/reference/configuration.md needs one table row for `fastmaml {command}`"
+        options = [option for action in parser._actions for option in action.option_strings if option != "-h"]
+        missing += [f"{command} {option}" for option in options if option != "--help" and f"`{option}" not in rows[0]]
+    assert not missing, f"options missing from docs/reference/configuration.md's command table: {missing}"
+
+
 def test_the_readme_is_a_front_page():
     readme = (ROOT / "README.md").read_text()
     assert len(readme) <= 6000, f"README.md has {len(readme)} characters; keep it at most 6,000 (move detail to docs/)"
@@ -206,3 +220,22 @@ def test_the_nav_names_every_page():
     pages = {str(page.relative_to(ROOT / "docs")) for page in (ROOT / "docs").rglob("*.md")}
     assert pages == listed, f"pages not in the nav: {pages - listed}; nav entries without a page: {listed - pages}"
 
+
+
+def test_the_how_to_family_trains_from_its_recipe(tmp_path, monkeypatch, capsys):
+    """docs/how-to/new-task-family.md: its gymnasium family, saved as corridor.py, trains from its recipe file."""
+    pytest.importorskip("gymnasium")
+    from fastmaml.cli import main
+
+    page = ROOT / "docs" / "how-to" / "new-task-family.md"
+    family = blocks(page, "python")[1][1].split("family = CorridorTasks()")[0]
+    (tmp_path / "corridor.py").write_text("import torch\n" + family)
+    (tmp_path / "corridor.yaml").write_text(blocks(page, "yaml")[0][1])
+    (command,) = commands(page)
+    assert command == "fastmaml train corridor.yaml --out runs/corridor"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = shlex.split(command)[1:]
+    argv[2:2] = ["iterations=2", "baseline_iterations=1", "eval_tasks=3"]  # after the recipe: a short run
+    assert main([*argv, "--no-progress"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "corridor" / "eval.json").is_file()
