@@ -1,0 +1,76 @@
+"""An ``ant-vel`` or ``ant-dir`` run on the paper's own 40 test goals, beside the paper's returns.
+
+cbfinn/maml_rl's test scripts draw their goals with ``np.random.seed(1); np.random.uniform(0, 3, 40)``
+(``maml_examples/test_maml_ant.py``, goal velocities) and ``np.random.seed(2); np.random.uniform(0, 3, 40)``
+(``test_maml_ant_direc.py``, backward below 1.5), and commit the average return per goal and inner step
+(``icml/icml_ant{,direc}_results_{maml,pretrain,random,oracle}.pkl``). This script adapts the run's
+meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per step, every
+method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside the paper's.
+
+    python benchmarks/ant_paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3]
+
+The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles of lists); nothing is downloaded.
+"""
+
+import argparse
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmaml.rl import config as rlcfg
+from fastmaml.rl import train as runs
+from fastmaml.rl.evaluate import returns_by_step
+
+PAPER = {"ant-vel": ("icml_ant_results_", 1), "ant-dir": ("icml_antdirec_results_", 2)}  # pickle prefix, goal seed
+METHODS = {"maml": "maml", "pretrained": "pretrain", "random": "random", "oracle": "oracle"}  # ours: the paper's
+
+
+def paper_goals(env: str) -> list[dict]:
+    """The 40 tasks of the paper's test script for ``env`` (ant-vel or ant-dir)."""
+    np.random.seed(PAPER[env][1])
+    goals = np.random.uniform(0.0, 3.0, size=(40,))
+    if env == "ant-vel":
+        return [{"velocity": float(g)} for g in goals]
+    return [{"direction": -1 if g < 1.5 else 1} for g in goals]
+
+
+def cell(values: np.ndarray) -> str:
+    return f"{values.mean():8.1f} ± {1.96 * values.std(ddof=1) / math.sqrt(len(values)):5.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("icml", help="the icml/ folder of a cbfinn/maml_rl checkout")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    config = rlcfg.load(Path(args.run) / "config.yaml")
+    if config.env not in PAPER:
+        raise SystemExit(f"{args.run} trains env={config.env}; this script compares ant-vel and ant-dir runs")
+    family = runs.build_family(config)
+    tasks = paper_goals(config.env)
+    learners = {"maml": runs.load(args.run)}
+    if (Path(args.run) / runs.BASELINES).is_file():
+        learners.update(runs.baselines(Path(args.run), config, family))
+    print(f"{args.run}: the paper's 40 goals, {config.test_trajectories} trajectories of {config.horizon} steps "
+          "per inner step (mean ± 95% CI over goals)")
+    print(f"{'method':<22}" + "".join(f"{f'{k} steps':>18}" for k in range(args.steps + 1)))
+    for name, learner in learners.items():
+        learner.trajectories = config.test_trajectories
+        ours = returns_by_step(learner, family, tasks, args.steps, torch.Generator().manual_seed(7)).numpy()
+        print(f"{name:<22}" + "".join(f"{cell(ours[:, k]):>18}" for k in range(args.steps + 1)))
+    for name, theirs in METHODS.items():
+        path = Path(args.icml) / f"{PAPER[config.env][0]}{theirs}.pkl"
+        if not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            paper = np.array(pickle.load(f, encoding="latin1")["task_avg_returns"]).T  # (40 goals, steps)
+        shown = range(min(paper.shape[1], args.steps + 1))  # the oracle has one column
+        print(f"{'paper ' + name:<22}" + "".join(f"{cell(paper[:, k]):>18}" for k in shown))
+
+
+if __name__ == "__main__":
+    main()
