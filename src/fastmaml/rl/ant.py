@@ -31,7 +31,8 @@ steps 0.02 s once per step, so ``frame_skip=2`` on Ant-v5's 0.01 s model runs th
   (rllab's ``get_body_comvel("torso")``, the whole ant's centre-of-mass velocity, the paper's reward).
 
 The recipes ``ant-vel`` and ``ant-dir`` run rllab's MDP on this physics: the paper's figures are returns of
-that MDP. One difference stays: MuJoCo 3's default contact softness (rllab's model sets solimp 0.8 0.8 0.01).
+that MDP. What stays Ant-v5's: two RK4 steps of 0.01 s where rllab takes one of 0.02 s, MuJoCo's default
+contact softness (solimp 0.9 0.95 0.001; rllab's model sets 0.8 0.8 0.01), and today's MuJoCo (rllab's: 1.31).
 
 A task runs two ways, as HalfCheetah's (:mod:`fastmaml.rl.locomotion`): ``make_env(task)``, a
 ``gymnasium.Env`` (Ant-v5 with the task's reward), and ``rollout(...)``, every trajectory of a meta-batch
