@@ -163,6 +163,19 @@ def test_gauss_newton_fvp_matches_double_backward(first_order, inner_steps):
     torch.testing.assert_close(gauss_newton(v), double_backward(v), rtol=1e-8, atol=1e-10)
 
 
+def test_gauss_newton_fvp_with_a_fixed_log_std():
+    # a policy output that does not depend on the meta-parameters (a log-std kept fixed) has a zero Jacobian
+    learner, train, valid = _meta_batch(hidden=(5,))
+    learner.policy.log_std.requires_grad_(False)
+    params = _leaves(learner)
+    assert "log_std" not in params
+    _, kl = learner.surrogate(params, train, valid)
+    double_backward = fisher_vector_product(kl, params, damping=0.0)
+    _, gauss_newton = learner.fisher(params, train, valid)
+    v = torch.randn(flat(params.values()).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(gauss_newton(v), double_backward(v), rtol=1e-8, atol=1e-10)
+
+
 def test_conjugate_gradient_solves_a_positive_definite_system():
     a = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     a = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)

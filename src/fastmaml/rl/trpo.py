@@ -104,13 +104,20 @@ def gauss_newton_fvp(outputs: tuple[Tensor, ...], kl_of: Callable[[tuple[Tensor,
     inputs = [params[n] for n in names]
     at = [o.detach().requires_grad_(True) for o in outputs]
     kl_grads = torch.autograd.grad(kl_of(tuple(at)), at, create_graph=True)  # dKL/dout, zero in value
-    probes = [torch.zeros_like(o, requires_grad=True) for o in outputs]
-    transposed = torch.autograd.grad(outputs, inputs, probes, create_graph=True, materialize_grads=True)
+    # an output that does not depend on params (a fixed log-std) has a zero Jacobian: K v is zero there
+    live = [i for i, o in enumerate(outputs) if o.requires_grad]
+    probes = [torch.zeros_like(outputs[i], requires_grad=True) for i in live]
+    transposed = torch.autograd.grad([outputs[i] for i in live], inputs, probes, create_graph=True,
+                                     materialize_grads=True)
 
     def fvp(v: Tensor) -> Tensor:
-        kv = torch.autograd.grad(flat(transposed) @ v, probes, retain_graph=True, materialize_grads=True)
+        kv = [torch.zeros_like(o) for o in at]
+        for i, k in zip(live, torch.autograd.grad(flat(transposed) @ v, probes, retain_graph=True,
+                                                  materialize_grads=True)):
+            kv[i] = k
         hkv = torch.autograd.grad(kl_grads, at, kv, retain_graph=True, materialize_grads=True)
-        return flat(torch.autograd.grad(outputs, inputs, hkv, retain_graph=True, materialize_grads=True))
+        return flat(torch.autograd.grad([outputs[i] for i in live], inputs, [hkv[i] for i in live],
+                                        retain_graph=True, materialize_grads=True))
 
     return fvp
 
