@@ -35,12 +35,30 @@ def test_navigation2d_truncates_after_the_horizon():
     assert ends == [False] * 99 + [True]
 
 
-def test_batched_rollout_equals_the_gymnasium_env_step_for_step():
-    family = Navigation2DTasks()
+def test_normalized_actions_are_rllabs_normalize():
+    # the paper's MDP: actions in [-1, 1]^2, the move 0.1 times the clipped action
+    env = Navigation2D(goal=(0.3, -0.2), normalized_actions=True)
+    assert np.allclose(env.action_space.low, -1.0) and np.allclose(env.action_space.high, 1.0)
+    env.reset()
+    obs, reward, terminated, _, _ = env.step(np.array([5.0, -0.5]))  # x clipped to 1: a move of 0.1
+    np.testing.assert_allclose(obs, [0.1, -0.05], rtol=1e-6)
+    assert reward == pytest.approx(-math.hypot(0.1 - 0.3, -0.05 + 0.2)) and not terminated
+    family = Navigation2DTasks(normalized_actions=True)
+    assert family.make_env({"goal": (0.3, -0.2)}).action_space.high.tolist() == [1.0, 1.0]
+    obs = torch.tensor([[[0.0, 0.0], [0.29, -0.2]]], dtype=torch.float64)
+    torch.testing.assert_close(family.oracle_action([{"goal": (0.3, -0.2)}], obs),
+                               torch.tensor([[[1.0, -1.0], [0.1, 0.0]]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_batched_rollout_equals_the_gymnasium_env_step_for_step(normalized):
+    family = Navigation2DTasks(normalized_actions=normalized)
+    scale = 10.0 if normalized else 1.0
     tasks = family.sample_tasks(3, torch.Generator().manual_seed(0))
     tasks[1] = {"goal": (0.25, -0.15)}  # reachable exactly: that episode terminates early
-    script = torch.randn(3, 2, 12, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.08
-    script[1, 0] = torch.tensor([[0.1, -0.1], [0.1, -0.05], [0.05, 0.0]] + [[0.1, 0.1]] * 9, dtype=torch.float64)
+    script = torch.randn(3, 2, 12, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.08 * scale
+    script[1, 0] = torch.tensor([[0.1, -0.1], [0.1, -0.05], [0.05, 0.0]] + [[0.1, 0.1]] * 9,
+                                dtype=torch.float64) * scale
     clock = iter(range(12))
 
     def act(obs):

@@ -5,6 +5,10 @@ task's trajectories as one tensor operation.
 A point starts at the origin; an action moves it by the action clipped to [-0.1, 0.1]^2; the reward is
 minus the distance to the goal after the move; an episode ends after ``horizon`` steps (100), or earlier
 when the point is within 0.01 of the goal in both coordinates (as in maml_rl and pytorch-maml-rl).
+
+``normalized_actions=True`` is the paper's own MDP: cbfinn/maml_rl runs the point environment through
+rllab's ``normalize``, so the policy acts in [-1, 1]^2 and the move is 0.1 times the action clipped to it
+(a unit-variance action noise then spans the move's range, where the raw MDP's spans ten times it).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class Navigation2D(_gym.Env):  # type: ignore[name-defined]  # gymnasium is impo
         goal: the goal position; ``None`` draws one from U[-0.5, 0.5]^2 at each ``reset`` (seeded by
             ``reset(seed=...)``).
         horizon: steps per episode (the episode is truncated after them).
+        normalized_actions: actions in [-1, 1]^2, the move 0.1 times the clipped action (rllab's
+            ``normalize``, the paper's MDP); else the move is the action clipped to [-0.1, 0.1]^2.
 
     Example:
         >>> env = Navigation2D(goal=(0.3, -0.2))
@@ -39,11 +45,13 @@ class Navigation2D(_gym.Env):  # type: ignore[name-defined]  # gymnasium is impo
 
     metadata: dict[str, list[str]] = {"render_modes": []}
 
-    def __init__(self, goal: tuple[float, float] | None = None, horizon: int = 100) -> None:
+    def __init__(self, goal: tuple[float, float] | None = None, horizon: int = 100,
+                 normalized_actions: bool = False) -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
         self.observation_space = _gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = _gym.spaces.Box(-MAX_ACTION, MAX_ACTION, shape=(2,), dtype=np.float32)
+        self.bound = 1.0 if normalized_actions else MAX_ACTION
+        self.action_space = _gym.spaces.Box(-self.bound, self.bound, shape=(2,), dtype=np.float32)
         self.fixed_goal = None if goal is None else np.asarray(goal, dtype=np.float64).reshape(2)
         self.goal = self.fixed_goal
         self.horizon = horizon
@@ -58,7 +66,8 @@ class Navigation2D(_gym.Env):  # type: ignore[name-defined]  # gymnasium is impo
         return self._position.astype(np.float32), {"goal": self.goal.copy()}
 
     def step(self, action):
-        move = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -MAX_ACTION, MAX_ACTION)
+        move = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -self.bound, self.bound)
+        move = move * (MAX_ACTION / self.bound)
         goal = self.goal
         if goal is None:
             raise RuntimeError("Navigation2D.step() before reset(); call env.reset() first")
@@ -78,21 +87,24 @@ class Navigation2DTasks:
     sampler prefers, and ``oracle_action``, the policy that knows the goal (the evaluation's oracle).
     """
 
-    def __init__(self, low: float = -0.5, high: float = 0.5, horizon: int = 100) -> None:
+    def __init__(self, low: float = -0.5, high: float = 0.5, horizon: int = 100,
+                 normalized_actions: bool = False) -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the goal range needs low < high")
         self.low, self.high, self.horizon = low, high, horizon
+        self.normalized_actions = bool(normalized_actions)
+        self.bound = 1.0 if self.normalized_actions else MAX_ACTION
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
         goals = self.low + (self.high - self.low) * torch.rand(n, 2, generator=generator, dtype=torch.float64)
         return [{"goal": (float(x), float(y))} for x, y in goals.tolist()]
 
     def make_env(self, task: dict) -> Navigation2D:
-        return Navigation2D(goal=task["goal"], horizon=self.horizon)
+        return Navigation2D(goal=task["goal"], horizon=self.horizon, normalized_actions=self.normalized_actions)
 
     def oracle_action(self, tasks: list[dict], obs: Tensor) -> Tensor:
         """Move straight at the goal, as far as the action bound allows: obs ``(tasks, N, 2)``."""
-        return (_goals(tasks, obs) - obs).clamp(-MAX_ACTION, MAX_ACTION)
+        return (_goals(tasks, obs) - obs).clamp(-MAX_ACTION, MAX_ACTION) * (self.bound / MAX_ACTION)
 
     def rollout(self, act: Callable[[Tensor], tuple[Tensor, object]], tasks: list[dict], trajectories: int,
                 horizon: int, dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None
@@ -106,7 +118,7 @@ class Navigation2DTasks:
         steps = []
         for _ in range(horizon):
             actions, output = act(position)
-            moved = position + actions.clamp(-MAX_ACTION, MAX_ACTION)
+            moved = position + actions.clamp(-self.bound, self.bound) * (MAX_ACTION / self.bound)
             offset = moved - goals
             reward = -offset.norm(dim=-1)
             done = (offset.abs() < GOAL_TOLERANCE).all(-1)
