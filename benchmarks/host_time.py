@@ -21,7 +21,7 @@ import torch
 import fastmaml as fm
 from fastmaml.train import config as cfg
 from fastmaml.train.build import build_tasks, model_args, build_model, task_generator
-from fastmaml.train.loop import meta_train
+from fastmaml.train.outer import meta_train
 from fastmaml.train.placement import place
 
 

@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 
 import fastmaml as fm
 from fastmaml.train import distributed
-from fastmaml.train.loop import meta_train
+from fastmaml.train.outer import meta_train
 
 WAYS, SHOTS, QUERY, SIDE, META_BATCH = 5, 1, 15, 28, 32
 

@@ -22,7 +22,7 @@ from fastmaml.train import TrainConfig
 from fastmaml.train import config as cfg
 from fastmaml.train import run as runs
 from fastmaml.train.distributed import Context
-from fastmaml.train.loop import meta_train
+from fastmaml.train.outer import meta_train
 
 TINY = ["iterations=4", "log_every=2", "checkpoint_every=2", "meta_batch_size=2", "baseline_iterations=0",
         "eval_tasks=4", "eval_inner_steps=1", "compile=false", "threads=0"]

@@ -46,7 +46,7 @@ def test_bad_input_raises_one_line(make, error, match):
 
 
 def test_non_finite_outer_loss_stops_the_run():
-    from fastmaml.train.loop import meta_train
+    from fastmaml.train.outer import meta_train
 
     class Diverging(fm.Sinusoid):
         def sample_tasks(self, tasks, generator):

@@ -16,10 +16,10 @@ import fastmaml as fm
 from fastmaml.core import compiled, execution
 from fastmaml.core.execution import OutOfMemory, decide
 from fastmaml.tasks.episodes import EpisodicTasks
-from fastmaml.train import loop as train_loop
+from fastmaml.train import outer as train_loop
 from fastmaml.train import run as runs
 from fastmaml.train.distributed import Context
-from fastmaml.train.loop import meta_train
+from fastmaml.train.outer import meta_train
 from fastmaml.train.placement import Prefetcher, place
 
 

@@ -36,6 +36,9 @@ def test_the_recipe_is_the_papers_protocol():
             config.cg_iters, config.cg_damping, config.ls_ratio, config.ls_steps, config.gamma,
             config.iterations, config.policy.hidden, config.policy.activation) == \
         (20, 20, 100, 0.1, 0.01, 10, 1e-5, 0.8, 15, 0.99, 500, (100, 100), "relu")
+    # the paper's MDP (maml_rl's normalize): in raw action units the one-step return drifts down with more
+    # meta-training (benchmarks/nav2d_drift.py)
+    assert config.env_options == {"normalized_actions": True}
 
 
 def test_train_writes_a_run_and_evaluates_it(run):
@@ -93,7 +96,7 @@ def test_the_meta_test_adapts_on_eval_trajectories(run, tmp_path, monkeypatch):
 def test_load_adapt_act_contract(run):
     learner = fm.load(run)
     assert isinstance(learner, MetaRL)
-    env = Navigation2D(goal=(0.3, -0.2))
+    env = Navigation2D(goal=(0.3, -0.2), normalized_actions=True)  # the recipe's MDP
     initial = learner.adapt(env, inner_steps=0, generator=torch.Generator().manual_seed(0))
     for name, p in learner.params().items():
         assert torch.equal(initial[name], p.detach())
@@ -268,7 +271,8 @@ def test_a_failing_run_keeps_its_last_checkpoint(tmp_path, monkeypatch, capsys):
         calls["n"] += 1
         if calls["n"] == 3:
             learner.policy.log_std.data.fill_(float("nan"))  # what a diverged update would leave
-            rltrain._check_finite(float("nan"), [], iteration, kept)
+            rltrain.check_finite(float("nan"), [], iteration, kept, "meta-RL update", rltrain.RATES,
+                                 rltrain.SOURCE)
         return original(learner, family, config, generator, optimizer, iteration, kept)
 
     monkeypatch.setattr(rltrain, "meta_step", failing)

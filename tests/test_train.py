@@ -10,7 +10,7 @@ import fastmaml as fm
 from fastmaml.train import config as cfg
 from fastmaml.train import run as runs
 from fastmaml.train.evaluate import mean_ci95
-from fastmaml.train.loop import meta_train
+from fastmaml.train.outer import meta_train
 
 
 def test_pinned_first_losses():
@@ -124,16 +124,18 @@ def test_config_overrides_and_errors():
 
 def test_every_recipe_resolves():
     names = cfg.recipe_names()
-    assert names == ["cheetah-dir", "cheetah-vel", "miniimagenet-5w1s", "miniimagenet-5w5s", "nav2d", "omniglot-20w1s",
-                     "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-imaml", "omniglot-5w1s-reptile", "omniglot-5w5s",
-                     "sequence-5w1s", "sinusoid"]
-    for name in names:
-        if name in ("nav2d", "cheetah-vel", "cheetah-dir"):  # meta-RL (kind: rl) resolves into its own config
-            from fastmaml.rl import config as rlcfg
+    assert names == ["ant-dir", "ant-vel", "cheetah-dir", "cheetah-vel", "miniimagenet-5w1s", "miniimagenet-5w5s",
+                     "nav2d", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-imaml",
+                     "omniglot-5w1s-reptile", "omniglot-5w5s", "sequence-5w1s", "sinusoid"]
+    from fastmaml import kinds
+    from fastmaml.rl import config as rlcfg
 
-            assert isinstance(rlcfg.resolve(name), rlcfg.RLConfig)
-            continue
-        assert isinstance(cfg.resolve(name), cfg.TrainConfig)
+    meta_rl = {"ant-dir", "ant-vel", "cheetah-dir", "cheetah-vel", "nav2d"}
+    for name in names:  # each kind (kinds.KINDS) resolves its recipes into its own config
+        kind = kinds.of_recipe(name)
+        assert kind.NAME == ("rl" if name in meta_rl else "supervised")
+        config = kind.resolve(name, [])
+        assert isinstance(config, rlcfg.RLConfig if name in meta_rl else cfg.TrainConfig)
         assert cfg.recipe_summary(name)
 
 

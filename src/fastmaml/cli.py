@@ -53,13 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _summary(results: dict) -> str:
-    from fastmaml.train.evaluate import format_table
-
-    metric = "accuracy" if all("accuracy" in r for r in results.values()) else "loss"
-    return format_table(results, metric)
-
-
 def format_recipes(recipes: dict[str, str], width: int | None) -> str:
     """One row per recipe: its name, padded to the longest name, then its whole description, wrapped to
     ``width`` columns under its own column (one line per recipe when ``width`` is None, e.g. into a pipe)."""
@@ -106,48 +99,6 @@ def _launch(args: argparse.Namespace) -> int:
     return distributed.launch([*argv, *(["--no-progress"] if args.no_progress else [])], args.nproc_per_node)
 
 
-class _Supervised:
-    """The supervised kind of run, as :mod:`fastmaml.rl.cli` describes the meta-RL kind."""
-
-    @staticmethod
-    def resolve(recipe: str, overrides: list[str]):
-        from fastmaml.train import config as cfg
-
-        return cfg.resolve(recipe, overrides)
-
-    @staticmethod
-    def load_config(run_dir: Path):
-        from fastmaml.train import config as cfg
-
-        return cfg.load(run_dir / "config.yaml")
-
-    @staticmethod
-    def train(config, out: Path, overwrite: bool, progress: bool) -> dict | None:
-        from fastmaml.train import run as runs
-
-        return runs.train(config, out, overwrite=overwrite, progress=progress)
-
-    @staticmethod
-    def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | None:
-        from fastmaml.train import run as runs
-
-        return runs.train(None, run_dir, resume=True, progress=progress, device=device)
-
-    @staticmethod
-    def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path) -> dict:
-        from fastmaml.train import run as runs
-
-        return runs.evaluate_run(run_dir, tasks, steps, out=out)
-
-    @staticmethod
-    def plot_run(run_dir: Path, out: Path | None) -> Path:
-        from fastmaml.plot import plot_run
-
-        return plot_run(run_dir, out)
-
-    summary = staticmethod(_summary)
-
-
 def _resume_device(args: argparse.Namespace) -> str | None:
     """The one setting ``--resume`` may change: ``device=...`` (a run trained on a GPU continues on the CPU, or
     the other way round; checkpoints load on any device)."""
@@ -174,7 +125,7 @@ def _train(args: argparse.Namespace, kind) -> int:
         device = _resume_device(args)
         config = _saved_config(kind, args.resume)
         with use_free_cores(config.threads if config is not None else None):
-            results = kind.resume(args.resume, progress, device) if device else kind.resume(args.resume, progress)
+            results = kind.resume(args.resume, progress, device)
     else:
         if args.recipe is None:
             raise ValueError("name a recipe to train, e.g. `fastmaml train sinusoid` (list them: fastmaml recipes)")
@@ -232,16 +183,16 @@ def run(argv: list[str]) -> int:
     _require_cli_extra()
     from fastmaml.train import config as cfg
 
-    from fastmaml.rl import cli as rl_cli  # meta-RL recipes and runs (kind: rl) have their own trainer
+    from fastmaml import kinds
 
     if args.command == "recipes":
         width = shutil.get_terminal_size().columns - 1 if sys.stdout.isatty() else None
         print(format_recipes({name: cfg.recipe_summary(name) for name in cfg.recipe_names()}, width))
         return 0
-    kind = rl_cli if rl_cli.handles(args) else _Supervised
+    kind = _kind(kinds, args)
     if args.command == "train" and args.nproc_per_node is not None and args.nproc_per_node != 1:
-        if kind is rl_cli:
-            raise ValueError("meta-RL recipes train in one process; drop --nproc-per-node and give both cores "
+        if not kind.DISTRIBUTED:
+            raise ValueError(f"{kind.TITLE} recipes train in one process; drop --nproc-per-node and give both cores "
                              "to it with threads=2")
         return _launch(args)
     if args.command == "train":
@@ -252,6 +203,13 @@ def run(argv: list[str]) -> int:
         print(kind.plot_run(args.run_dir, args.out))
         return 0
     raise AssertionError(args.command)
+
+
+def _kind(kinds, args: argparse.Namespace):
+    """The kind of run (:mod:`fastmaml.kinds`) the command concerns: the recipe's, or the run folder's."""
+    if args.command == "train":
+        return kinds.of_run(args.resume) if args.resume is not None else kinds.of_recipe(args.recipe)
+    return kinds.of_run(args.run_dir)
 
 
 def _report(line: str) -> None:

@@ -70,6 +70,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
     """Write the run's PNG (trajectories for navigation2d, return by steps, learning curve); return its path."""
     from fastmaml.rl import config as rlcfg
     from fastmaml.rl import train as runs
+    from fastmaml.train.folder import METRICS
 
     run_dir = Path(run_dir)
     learner = runs.load(run_dir)
@@ -77,7 +78,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
     plt = _pyplot()
     eval_path = run_dir / runs.EVAL
     results = json.loads(eval_path.read_text()) if eval_path.is_file() else runs.evaluate_run(run_dir)
-    history = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines() if line.strip()]
+    history = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     navigation = config.env == "navigation2d"  # the only family whose behaviour draws as a path
     fig, axes = plt.subplots(1, 3 if navigation else 2, figsize=(17 if navigation else 12, 5))
     if navigation:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
 import random
-import signal
 import time
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -20,22 +17,20 @@ from torch import nn
 
 from fastmaml.core import rules
 from fastmaml.core.execution import Execution
-
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl.evaluate import evaluate
 from fastmaml.rl.learner import MetaRL
 from fastmaml.rl.policies import GaussianPolicy
 from fastmaml.rl.sampler import sample_tasks
 from fastmaml.rl.trpo import TRPOConfig, trpo_step
-from fastmaml.train import config as cfg
+from fastmaml.train import folder
 from fastmaml.train.checkpoint import load_checkpoint, random_state, restore_random_state, save_atomic, \
     write_text_atomic
-from fastmaml.train.loop import Interrupted, Progress, StopRequest
-from fastmaml.train.run import check_run_dir, prepare_run_dir
+from fastmaml.train.folder import BASELINES, CONFIG, DTYPES, EVAL, LAST, METRICS, check_run_dir, restoring
+from fastmaml.train.loop import LoopState, StopRequest, check_finite, run_loop
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CONFIG, METRICS, LAST, BASELINES, EVAL = "config.yaml", "metrics.jsonl", "checkpoint.pt", "baselines.pt", "eval.json"
+RATES, SOURCE = "inner_lr or max_kl/outer_lr", "the env's rewards"  # what a non-finite update names
 LOCOMOTION = {"half-cheetah-vel": "locomotion:HalfCheetahVel", "half-cheetah-dir": "locomotion:HalfCheetahDir",
               "ant-vel": "ant:AntVel", "ant-dir": "ant:AntDir"}  # fastmaml.rl.<module>:<family>
 TEST_STREAM = 1_000_003  # meta-test tasks come from seed + this: a stream no training run draws from
@@ -112,7 +107,7 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
     if optimizer is None:
         new, record = trpo_step(lambda p: learner.surrogate(p, train, valid), learner.meta_params(),
                                 trpo_config(config), fisher=lambda p: learner.fisher(p, train, valid))
-        _check_finite(record["loss"], new.values(), iteration, kept)
+        check_finite(record["loss"], new.values(), iteration, kept, "meta-RL update", RATES, SOURCE)
         with torch.no_grad():
             for name, p in learner.meta_params().items():
                 p.copy_(new[name])
@@ -120,20 +115,13 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
         optimizer.zero_grad(set_to_none=True)
         loss, kl = learner.surrogate(learner.meta_params(), train, valid)
         loss.backward()
-        _check_finite(loss.item(), [p.grad for p in learner.params().values() if p.grad is not None], iteration,
-                      kept)
+        check_finite(loss.item(), [p.grad for p in learner.params().values() if p.grad is not None], iteration,
+                     kept, "meta-RL update", RATES, SOURCE)
         optimizer.step()
         record = {"loss": loss.item(), "kl": kl.item()}
     before = train[0].returns().mean().item() if train else valid.returns().mean().item()
     return {"iteration": iteration, "return_before": before, "return_after": valid.returns().mean().item(),
             **record, "seconds": time.perf_counter() - start}
-
-
-def _check_finite(loss: float, tensors, iteration: int, kept: str) -> None:
-    if math.isfinite(loss) and all(bool(t.isfinite().all()) for t in tensors):
-        return
-    raise FloatingPointError(f"the meta-RL update became non-finite (loss {loss}) at iteration {iteration}: lower "
-                             f"inner_lr or max_kl/outer_lr, or check the env's rewards{kept}")
 
 
 def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
@@ -148,8 +136,7 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
     check_run_dir(run_dir, overwrite, resume)
     checkpoint = None
     if resume:
-        config = rlcfg.load(run_dir / CONFIG)
-        checkpoint = load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
+        config, checkpoint = folder.read(run_dir, rlcfg.load)
     elif config is None:
         raise ValueError("train() needs a config unless resume=True")
     if config.threads:
@@ -160,68 +147,72 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
     learner = build_learner(config, family, config.seed)
     optimizer = torch.optim.Adam(learner.parameters(), lr=config.outer_lr) if config.outer == "adam" else None
     generator = torch.Generator().manual_seed(config.seed)
-    iteration, history = 0, []
+    state = LoopState()
     if checkpoint is not None:
-        iteration, history = _restore(checkpoint, learner, optimizer, generator, run_dir / LAST)
+        state = _restore(checkpoint, learner, optimizer, generator, run_dir / LAST)
     if resume:
-        write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / METRICS)
-        for leftover in run_dir.glob(".*.tmp"):
-            leftover.unlink()
+        folder.reopen(run_dir, state.history)
     else:
-        import yaml
+        folder.create(config, run_dir, overwrite)
 
-        prepare_run_dir(run_dir, overwrite, resume=False)
-        write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
-
-    def save() -> None:
+    def save(state: LoopState) -> None:
         save_atomic({"policy": learner.policy.state_dict(), "rule": learner.rule_state.state_dict(),
-                     "optimizer": optimizer.state_dict() if optimizer else None, "iteration": iteration,
-                     "history": history, "random": random_state({"train": generator})},
+                     "optimizer": optimizer.state_dict() if optimizer else None, "iteration": state.iteration,
+                     "history": state.history, "random": random_state({"train": generator})},
                     run_dir / LAST)
 
     stop = StopRequest()
-    bar = Progress(config.iterations, iteration, progress)
-    deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else float("inf")
-    saved_at = iteration if checkpoint is not None else None
-    try:
-        with stop.installed():
-            while iteration < config.iterations and time.perf_counter() < deadline:
-                kept = f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
-                record = meta_step(learner, family, config, generator, optimizer, iteration + 1, kept)
-                iteration += 1
-                history.append(record)
-                with (run_dir / METRICS).open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if iteration % config.log_every == 0 or iteration == config.iterations:
-                    recent = history[-config.log_every:]
-                    bar.update(len(recent), before=np.mean([r["return_before"] for r in recent]),
-                               after=np.mean([r["return_after"] for r in recent]))
-                due = config.checkpoint_every and iteration % config.checkpoint_every == 0
-                if due or stop.signum:
-                    save()
-                    saved_at = iteration
-                if stop.signum:
-                    raise Interrupted(iteration, stop.signum or signal.SIGTERM, run_dir)
-    finally:
-        bar.close()
-    save()
+    with stop.installed():
+        run_loop(MetaRLSteps(learner, family, config, generator, optimizer), state, iterations=config.iterations,
+                 log_every=config.log_every, checkpoint=save, checkpoint_every=config.checkpoint_every,
+                 metrics_path=run_dir / METRICS, stop=stop, max_minutes=config.max_minutes, progress=progress)
+    save(state)
     if config.baseline_iterations and not (run_dir / BASELINES).is_file():
         train_baselines(config, run_dir, family)
     return evaluate_run(run_dir) if evaluate_at_end else None
 
 
-def _restore(checkpoint: dict, learner: MetaRL, optimizer, generator: torch.Generator, where: Path):
-    try:
+class MetaRLSteps:
+    """Meta-RL's part of the one loop (:func:`fastmaml.train.loop.run_loop`): one :func:`meta_step` per
+    iteration, each iteration's record a metrics line, the progress bar showing the returns before and after
+    adaptation averaged since its last update."""
+
+    def __init__(self, learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.Generator,
+                 optimizer: torch.optim.Optimizer | None) -> None:
+        self.learner, self.family, self.config, self.generator, self.optimizer = (
+            learner, family, config, generator, optimizer)
+        self.record: dict = {}
+        self.recent: list[dict] = []
+
+    def step(self, iteration: int, stopping: bool, out_of_time: bool, kept: str) -> tuple[bool, bool]:
+        self.record = meta_step(self.learner, self.family, self.config, self.generator, self.optimizer, iteration,
+                                kept)
+        return stopping, out_of_time
+
+    def lines(self, iteration: int, due: bool, kept: str) -> tuple[list[dict], dict[str, float] | None]:
+        self.recent.append(self.record)
+        if not due:
+            return [self.record], None
+        shown = {"before": float(np.mean([r["return_before"] for r in self.recent])),
+                 "after": float(np.mean([r["return_after"] for r in self.recent]))}
+        self.recent = []
+        return [self.record], shown
+
+    def settle(self, kept: str) -> None:
+        """Each meta-step checks its own update before it reaches the policy: nothing is left to check."""
+
+    def running(self) -> tuple[float, int]:
+        return 0.0, 0  # every iteration is its own line: no block in progress
+
+
+def _restore(checkpoint: dict, learner: MetaRL, optimizer, generator: torch.Generator, where: Path) -> LoopState:
+    with restoring(str(where)):
         learner.policy.load_state_dict(checkpoint["policy"])
         learner.rule_state.load_state_dict(checkpoint.get("rule", {}))
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
         restore_random_state(checkpoint["random"], {"train": generator})
-        return checkpoint["iteration"], list(checkpoint["history"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
-                         "wrote or start again with --overwrite") from None
+        return LoopState(checkpoint["iteration"], history=list(checkpoint["history"]))
 
 
 def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family) -> None:

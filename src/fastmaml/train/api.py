@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastmaml.algorithms.maml import MAML
-from fastmaml.train.loop import make_step, meta_train
+from fastmaml.train.outer import make_step, meta_train
 
 
 def fit(

@@ -1,29 +1,31 @@
-"""The meta-training loop, shared by ``fm.fit`` and ``fastmaml train``; it reads top to bottom."""
+"""The one training loop, for every kind of run; it reads top to bottom.
+
+:func:`run_loop` owns what every run shares: iterations up to a total or a deadline, SIGINT/SIGTERM
+(a checkpoint, then :class:`Interrupted`), periodic checkpoints, log lines (metrics.jsonl, TensorBoard,
+the progress bar) and the state a resume needs. A kind of run plugs in its :class:`Steps`: one
+iteration's work, its metrics lines and its deferred checks. Supervised meta-learning's steps are
+:class:`fastmaml.train.outer.OuterSteps`, meta-RL's :class:`fastmaml.rl.train.MetaRLSteps`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastmaml.tasks.batch import TaskBatch
-from fastmaml.train.checkpoint import random_state, restore_random_state, save_atomic
-from fastmaml.train.distributed import Context
+from fastmaml.train.folder import append_metrics
 
 log = logging.getLogger(__name__)
-Step = Callable[[TaskBatch], Tensor]
-CHECKPOINT_KEYS = ("algorithm", "optimizer", "scheduler", "iteration", "best", "history", "random")
 
 
 @dataclass
@@ -38,6 +40,26 @@ class LoopState:
     best: float | None = None
     history: list[dict] = field(default_factory=list)
     running: tuple[float, int] = (0.0, 0)
+
+
+class Steps(Protocol):
+    """A kind of run's part of :func:`run_loop`.
+
+    ``step`` runs iteration ``iteration`` (1-based) and returns the stop decisions, which a distributed kind
+    agrees on across its processes; ``lines`` returns the metrics lines of the iterations since the last call
+    (``due``: a log line is due, so a kind that logs in blocks returns its block) and what the progress bar
+    shows (None when not ``due``); ``settle`` raises a failure found since the last call (a non-finite step
+    checked late) before anything is written; ``running`` is what a checkpoint keeps of a block in progress.
+    ``kept`` names the last checkpoint, for the one-line errors.
+    """
+
+    def step(self, iteration: int, stopping: bool, out_of_time: bool, kept: str) -> tuple[bool, bool]: ...
+
+    def lines(self, iteration: int, due: bool, kept: str) -> tuple[list[dict], dict[str, float] | None]: ...
+
+    def settle(self, kept: str) -> None: ...
+
+    def running(self) -> tuple[float, int]: ...
 
 
 class Interrupted(KeyboardInterrupt):
@@ -80,76 +102,17 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def make_step(algorithm: Any) -> Step:
-    """One outer step: ``algorithm.outer_loss(batch).backward()``, the documented idiom.
-
-    The outer loss picks the fastest exact path itself (``fastmaml.core.compiled``), so the trainer runs
-    exactly what a user's own loop runs.
-    """
-
-    def step(batch: TaskBatch) -> Tensor:
-        loss = algorithm.outer_loss(batch)
-        loss.backward()
-        return loss.detach()
-
-    return step
-
-
-def check_finite(loss: Tensor, params: list[nn.Parameter], iteration: int, kept: str, hint: str = "") -> None:
-    """Stop before a non-finite loss or meta-gradient reaches the weights (and so any checkpoint).
-
-    ``hint``: the algorithm's own advice (its ``divergence_hint``), appended to the one-line error."""
-    value = loss.item()
-    grads = [p.grad.detach().abs().amax() for p in params if p.grad is not None and p.grad.numel()]
-    # amax propagates NaN; one sync for all parameters
-    if math.isfinite(value) and (not grads or bool(torch.stack(grads).isfinite().all())):
+def check_finite(loss: float, tensors: Iterable[Tensor], iteration: int, kept: str, what: str, rates: str,
+                 source: str) -> None:
+    """Stop before a non-finite ``loss`` or tensor (a meta-gradient, new weights) reaches the weights, and so any
+    checkpoint: one line naming ``what`` went wrong at ``iteration``, the ``rates`` to lower and the ``source``
+    to check."""
+    values = [t.detach().abs().amax() for t in tensors if t is not None and t.numel()]
+    # amax propagates NaN; one read for all of them
+    if math.isfinite(loss) and (not values or bool(torch.stack(values).isfinite().all())):
         return
-    what = "outer loss" if not math.isfinite(value) else "meta-gradient"
-    raise FloatingPointError(f"the {what} became non-finite (loss {value}) at iteration {iteration}: lower "
-                             f"inner_lr or outer_lr, or check the data for NaN/inf{hint}{kept}")
-
-
-def checks_each_step(device: torch.device, dist: Context) -> bool:
-    """Whether every iteration reads its loss on the host: on the CPU (free there) and with several ranks
-    (their stop decisions are read anyway). On a GPU nothing in an iteration waits for the device: the
-    loss is summed there and read at log lines and checkpoints."""
-    return device.type == "cpu" or dist.enabled
-
-
-class FiniteWatch:
-    """Checks each iteration's loss and meta-gradient for NaN/inf before they can reach a checkpoint.
-
-    ``defer=False`` (the CPU, where reading a value costs nothing) checks every iteration at once with
-    :func:`check_finite`. ``defer=True`` (a GPU) records the first non-finite iteration on the device, without
-    waiting for it, and :meth:`raise_if_bad` raises at the next log line or checkpoint, whichever comes first:
-    the weights in memory may then be spoilt, but no checkpoint ever holds them.
-    """
-
-    def __init__(self, params: list[nn.Parameter], hint: str, defer: bool) -> None:
-        self.params, self.hint, self.defer = params, hint, defer
-        self.first: Tensor | None = None  # (iteration, loss) of the first non-finite step; iteration -1: none
-
-    def observe(self, loss: Tensor, iteration: int, kept: str) -> None:
-        if not self.defer:
-            check_finite(loss, self.params, iteration, kept, self.hint)
-            return
-        grads = [p.grad.detach() for p in self.params if p.grad is not None and p.grad.numel()]
-        norms = torch._foreach_norm(grads) if grads else []  # inf/NaN propagate; one fused kernel
-        values = torch.stack([loss.detach().to(torch.float64).reshape(()), *(n.to(torch.float64) for n in norms)])
-        bad = ~values.isfinite().all()
-        record = torch.stack([torch.full_like(values[0], iteration), values[0]])
-        if self.first is None:
-            self.first = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=values.device)
-        self.first = torch.where(bad & (self.first[0] < 0), record, self.first)
-
-    def raise_if_bad(self, kept: str) -> None:
-        if self.first is None:
-            return
-        iteration, value = self.first.tolist()
-        if iteration >= 0:
-            what = "outer loss" if not math.isfinite(value) else "meta-gradient"
-            raise FloatingPointError(f"the {what} became non-finite (loss {value}) at iteration {int(iteration)}: "
-                                     f"lower inner_lr or outer_lr, or check the data for NaN/inf{self.hint}{kept}")
+    raise FloatingPointError(f"the {what} became non-finite (loss {loss}) at iteration {iteration}: lower {rates}, "
+                             f"or check {source}{kept}")
 
 
 class Progress:
@@ -187,95 +150,61 @@ class Progress:
             self.bar.close()
 
 
-def meta_train(
-    algorithm: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    tasks,
-    generator: torch.Generator,
+def run_loop(
+    steps: Steps,
+    state: LoopState,
     *,
     iterations: int,
-    meta_batch_size: int,
-    step: Step | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    state: LoopState | None = None,
     log_every: int = 100,
-    metrics_path: Path | None = None,
-    on_log: Callable[[LoopState, bool], None] | None = None,
     checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every: int = 0,
+    on_log: Callable[[LoopState, bool], None] | None = None,
+    metrics_path: Path | None = None,
+    writer: Any = None,
     stop: StopRequest | None = None,
-    dist: Context | None = None,
-    progress: bool = True,
     max_minutes: float = 0.0,
+    progress: bool = True,
 ) -> LoopState:
-    """Run outer steps from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
+    """Run ``steps`` from ``state.iteration`` to ``iterations`` (or until ``max_minutes`` have passed).
 
-    Every ``log_every`` iterations the mean outer loss since the last log is recorded: ``on_log`` is
-    called with the state and whether this is the run's last log (validation may add to the record),
-    then the record is appended to ``metrics_path`` (JSON lines). Every ``checkpoint_every``
-    iterations, and when ``stop`` reports a signal, ``checkpoint(state)`` is called; after a signal
-    the loop raises :class:`Interrupted`. With a ``dist`` context of several ranks each rank trains on
-    its shard of every meta-batch and the meta-gradients are all-reduced (see :mod:`fastmaml.train.distributed`).
+    Every ``log_every`` iterations (and at the last) a log line is due: the new metrics lines join
+    ``state.history``, ``on_log(state, last)`` may add to the last one (validation), then they are appended to
+    ``metrics_path`` (JSON lines; a run folder's metrics.jsonl) and written as TensorBoard scalars through
+    ``writer``. Every
+    ``checkpoint_every`` iterations, and when ``stop`` reports a signal, ``checkpoint(state)`` is called; after
+    a signal the loop raises :class:`Interrupted`. Only the process that writes passes ``metrics_path``,
+    ``writer``, ``checkpoint`` and ``progress``.
     """
-    state = state or LoopState()
-    step = step or make_step(algorithm)
-    dist = dist or Context()
-    dist.check_meta_batch(meta_batch_size)
-    params = [p for p in algorithm.parameters() if p.requires_grad]
-    device, dtype = params[0].device, params[0].dtype
-    watch = FiniteWatch(params, getattr(algorithm, "divergence_hint", ""), defer=not checks_each_step(device, dist))
     bar = Progress(iterations, state.iteration, progress)
-    (running, count), tick = state.running, time.perf_counter()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    deadline = tick + 60 * max_minutes if max_minutes else float("inf")
+    deadline = time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
     saved_at = state.iteration if checkpoint is not None and state.iteration > 0 else None
+    shown_at, out_of_time = state.iteration, False
 
     def kept() -> str:
         return f"; the last checkpoint (iteration {saved_at}) is intact" if saved_at is not None else ""
 
-    out_of_time = False
     try:
         while state.iteration < iterations and not out_of_time:
-            begin = getattr(algorithm, "begin_iteration", None)
-            if begin is not None:
-                begin(state.iteration, iterations)
-            # every rank draws the same full meta-batch, so the task stream does not depend on the world size
-            full = tasks.sample_tasks(meta_batch_size, generator)
-            batch = dist.shard(full).to(device=device, dtype=dtype, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            buffers = dist.snapshot_buffers(algorithm)
-            loss = step(batch)
-            dist.allreduce_buffers(algorithm, buffers, len(batch), meta_batch_size)
-            # the decisions to stop ride with the gradients, so every rank makes the same ones
-            loss, (stopping, out_of_time) = dist.allreduce_grads(
-                params, loss, (stop is not None and stop.signum != 0, time.perf_counter() >= deadline))
-            watch.observe(loss, state.iteration + 1, kept())
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+            signalled = stop is not None and stop.signum != 0
+            stopping, out_of_time = steps.step(state.iteration + 1, signalled, time.perf_counter() >= deadline,
+                                               kept())
             state.iteration += 1
-            loss_sum += loss.detach()
-            count += 1
-            if state.iteration % log_every == 0 or state.iteration == iterations or out_of_time:
-                watch.raise_if_bad(kept())
-                running, loss_sum = running + loss_sum.item(), loss_sum.zero_()
-                elapsed = time.perf_counter() - tick
-                record = {"iteration": state.iteration, "loss": running / count,
-                          "tasks_per_s": count * meta_batch_size / elapsed}
-                state.history.append(record)
-                if on_log is not None:
-                    on_log(state, state.iteration == iterations or out_of_time)
-                if metrics_path is not None:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if dist.is_main:
-                    bar.update(count, loss=record["loss"], tasks_per_s=record["tasks_per_s"])
-                running, count, tick = 0.0, 0, time.perf_counter()
-            due = checkpoint_every and state.iteration % checkpoint_every == 0
-            if checkpoint is not None and (due or stopping):
-                watch.raise_if_bad(kept())
-                running, loss_sum = running + loss_sum.item(), loss_sum.zero_()
-                state.running = (running, count)
+            last = state.iteration == iterations or out_of_time
+            due = state.iteration % log_every == 0 or last
+            lines, shown = steps.lines(state.iteration, due, kept())
+            state.history.extend(lines)
+            if due and on_log is not None:
+                on_log(state, last)
+            if lines and metrics_path is not None:
+                append_metrics(metrics_path, lines)
+            if lines and writer is not None:
+                _scalars(writer, lines)
+            if shown is not None:
+                bar.update(state.iteration - shown_at, **shown)
+                shown_at = state.iteration
+            if checkpoint is not None and ((checkpoint_every and state.iteration % checkpoint_every == 0) or stopping):
+                steps.settle(kept())
+                state.running = steps.running()
                 checkpoint(state)
                 saved_at = state.iteration
             if stopping:
@@ -283,44 +212,14 @@ def meta_train(
                                   signal.SIGTERM, metrics_path.parent if metrics_path is not None else None)
     finally:
         bar.close()
-    state.running = (running + loss_sum.item(), count)
+    state.running = steps.running()
     return state
 
 
-def save_run_checkpoint(path: Path, algorithm: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState,
-                        generators: dict[str, torch.Generator], scheduler=None, extra: dict | None = None) -> None:
-    """Everything needed to continue the run bit for bit, in ``weights_only``-loadable types."""
-    save_atomic({
-        **(extra or {}),
-        "algorithm": algorithm.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "iteration": state.iteration,
-        "best": state.best,
-        "history": state.history,
-        "running": list(state.running),
-        "random": random_state(generators),
-    }, path)
-
-
-def restore_run_checkpoint(checkpoint: dict, algorithm: nn.Module, optimizer: torch.optim.Optimizer,
-                           generators: dict[str, torch.Generator], scheduler=None,
-                           where: str = "checkpoint") -> LoopState:
-    """Load a training checkpoint into freshly built objects; a mismatch is a one-line ``ValueError``."""
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
-    if missing:
-        raise ValueError(f"{where} is not a fastmaml training checkpoint (missing {', '.join(missing)}); "
-                         "point --resume at a folder `fastmaml train` wrote")
-    try:
-        algorithm.load_state_dict(checkpoint["algorithm"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None and checkpoint["scheduler"] is not None:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_random_state(checkpoint["random"], generators)
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
-                         "wrote or start again with --overwrite") from None
-    running_loss, running_count = checkpoint.get("running", (0.0, 0))  # absent in older checkpoints
-    return LoopState(checkpoint["iteration"], checkpoint["best"], list(checkpoint["history"]),
-                     (running_loss, running_count))
+def _scalars(writer: Any, lines: list[dict]) -> None:
+    """Each line's numbers as TensorBoard scalars at its iteration (``val`` under ``val/score``)."""
+    for line in lines:
+        for key, value in line.items():
+            if key != "iteration" and isinstance(value, (int, float)):
+                writer.add_scalar(f"train/{key}" if key != "val" else "val/score", value, line["iteration"])
+    writer.flush()  # a killed run keeps what it logged, as metrics.jsonl does

@@ -1,4 +1,8 @@
-"""A run folder: resolved config, metrics, checkpoints, baselines and evaluation, from the CLI or Python."""
+"""A supervised run: resolved config, metrics, checkpoints, baselines and evaluation, from the CLI or Python.
+
+The folder's files are :mod:`fastmaml.train.folder`'s, the loop :func:`fastmaml.train.loop.run_loop`, the
+steps :class:`fastmaml.train.outer.OuterSteps`; this module builds a run's objects and plugs them in.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import dataclasses
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from torch import nn
 
 from fastmaml.train import config as cfg
-from fastmaml.train import distributed, placement
+from fastmaml.train import distributed, folder, placement
 from fastmaml.train.baselines import pretrain, tune_step_size
 from fastmaml.train.build import (
     build_algorithm,
@@ -27,20 +30,14 @@ from fastmaml.train.build import (
 )
 from fastmaml.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from fastmaml.train.evaluate import evaluate
-from fastmaml.train.loop import (
-    Interrupted,
-    LoopState,
-    StopRequest,
-    make_step,
-    meta_train,
-    restore_run_checkpoint,
-    save_run_checkpoint,
-)
+from fastmaml.train.folder import (
+    BASELINES, BEST, CONFIG, DTYPES, EVAL, LAST, METRICS, TENSORBOARD, check_run_dir, prepare_run_dir)
+from fastmaml.train.loop import Interrupted, LoopState, StopRequest
+from fastmaml.train.outer import make_step, meta_train, restore_run_checkpoint, save_run_checkpoint
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CONFIG, METRICS, LAST, BEST, BASELINES, EVAL, TENSORBOARD = (
-    "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json", "tensorboard")
+__all__ = ["BASELINES", "BEST", "CONFIG", "EVAL", "LAST", "METRICS", "TENSORBOARD", "check_run_dir",
+           "evaluate_run", "load", "prepare_run_dir", "train"]
 
 
 def summary_writer_class() -> type:
@@ -53,67 +50,16 @@ def summary_writer_class() -> type:
     return SummaryWriter
 
 
-def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse, without writing anything, a folder that ``train`` must not use."""
-    if resume:
-        if not (run_dir / CONFIG).is_file():
-            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); "
-                                    "check the path given to --resume")
-        return
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"{run_dir} is a file; choose a folder path for --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
-                                  "replace it, or --out for a new folder")
-        if not (run_dir / CONFIG).is_file():
-            raise FileExistsError(f"{run_dir} is not empty and not a fastmaml run; choose another --out folder")
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Create ``run_dir``, refusing to touch an existing run unless asked to resume or overwrite."""
-    check_run_dir(run_dir, overwrite, resume)
-    if resume:
-        return
-    if overwrite and run_dir.is_dir() and (run_dir / CONFIG).is_file():
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise PermissionError(f"cannot write to {run_dir} ({error.strerror}); choose a writable --out folder") from None
-
-
-def _read_run(run_dir: Path) -> tuple[cfg.TrainConfig, dict | None]:
-    """The saved config and last checkpoint of a run folder (read only; rank 0 of a distributed job)."""
-    check_run_dir(run_dir, overwrite=False, resume=True)
-    config = cfg.load(run_dir / CONFIG)
-    # a run killed before its first checkpoint restarts from iteration 0
-    return config, load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
-
-
-def _dump(config: cfg.TrainConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(config), sort_keys=False)
-
-
-def _create_run(config: cfg.TrainConfig, run_dir: Path, overwrite: bool) -> None:
-    prepare_run_dir(run_dir, overwrite, resume=False)
-    write_text_atomic(_dump(config), run_dir / CONFIG)
-
-
 def _device(name: str, dist: distributed.Context) -> tuple[torch.device, str]:
     """This rank's device for the ``device`` option, and the name the run's config.yaml records: ``auto``
     resolved to ``cuda`` or ``cpu`` (no index, so a resumed or distributed run picks its rank's GPU)."""
     device = dist.device(name)
-    recorded = device.type if name == "auto" else name
-    if dist.is_main:
-        detail = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-        log.info("device=%s: training on %s%s", name, device, detail)
-    return device, recorded
+    return device, device.type if name == "auto" else name
+
+
+def _log_device(name: str, device: torch.device) -> None:
+    detail = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    log.info("device=%s: training on %s%s", name, device, detail)
 
 
 def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
@@ -138,84 +84,41 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
            progress: bool, evaluate_at_end: bool, device_override: str | None) -> dict | None:
     # Nothing is written until everything is built and the checkpoint restored: a bad config, a
     # corrupt checkpoint or missing data leaves the folder exactly as it was.
-    checkpoint = None
-    if resume:
-        config, checkpoint = dist.run_on_main(lambda: _read_run(run_dir))
-        if device_override is not None:  # the checkpoint loads on any device (read to the CPU, then moved)
-            config = dataclasses.replace(config, device=device_override)
-    elif config is None:
-        raise ValueError("train() needs a config unless resume=True")
-    else:
-        dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
-    dist.check_meta_batch(config.meta_batch_size)
+    config, checkpoint = _settle_config(config, run_dir, dist, overwrite, resume, device_override)
     writer_class = summary_writer_class() if config.tensorboard and dist.is_main else None
-    try:
-        device, recorded = _device(config.device, dist)
-    except ValueError as error:
-        if not resume:
-            raise
-        raise ValueError(f"{error} (fastmaml train --resume {run_dir} device=cpu)") from None
+    device, recorded = _settle_device(config, run_dir, dist, resume)
+    run = _Objects(config, device)
+    if dist.is_main:
+        _log_device(config.device, device)
     config = dataclasses.replace(config, device=recorded)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed % 2**32)
-
-    tasks = placement.place(build_tasks(config, "train"), device, "meta-train tasks")
-    val_tasks = placement.place(build_tasks(config, "val"), device, "meta-val tasks", prefetch=False) \
-        if config.val_every else None
-    args = model_args(config, tasks)
-    algorithm = build_algorithm(config, build_model(config, args)).to(device=device, dtype=DTYPES[config.dtype])
-    optimizer = build_optimizer(config, algorithm.parameters())
-    scheduler = build_scheduler(config, algorithm, optimizer)
-    generators = {"train": task_generator(config, "train")}
     state = LoopState()
     if checkpoint is not None:
-        state = restore_run_checkpoint(checkpoint, algorithm, optimizer, generators, scheduler, str(run_dir / LAST))
+        state = restore_run_checkpoint(checkpoint, run.algorithm, run.optimizer, run.generators, run.scheduler,
+                                       str(run_dir / LAST))
+    main = dist.is_main
     if not resume:
-        dist.run_on_main(lambda: _create_run(config, run_dir, overwrite))
-    elif dist.is_main:
+        dist.run_on_main(lambda: folder.create(config, run_dir, overwrite))
+    elif main:
         if device_override is not None:  # the next --resume continues where this one runs
-            write_text_atomic(_dump(config), run_dir / CONFIG)
-        # metrics.jsonl may run past the checkpoint (or end in half a line after a kill): rewrite it
-        # from the checkpoint's history, which is exactly what was logged up to its iteration
-        write_text_atomic("".join(json.dumps(r) + "\n" for r in state.history), run_dir / METRICS)
-        for leftover in run_dir.glob(".*.tmp"):  # half-written files of a killed save_atomic
-            leftover.unlink()
+            folder.write_config(config, run_dir)
+        folder.reopen(run_dir, state.history)
     # Events past the checkpoint's iteration (logged before a kill) are purged, as metrics.jsonl's lines are.
     writer = writer_class(str(run_dir / TENSORBOARD), purge_step=state.iteration + 1 if resume else None) \
         if writer_class is not None else None
 
-    def on_log(state: LoopState, last: bool) -> None:
-        it = state.iteration
-        # the last model (after a whole cosine schedule, often the best) is always validated
-        if val_tasks is not None and (it % config.val_every < config.log_every or last):
-            result = evaluate(algorithm, val_tasks, config.val_tasks, config.eval_inner_steps,
-                              task_generator(config, "val"))
-            score = _score(result)
-            state.history[-1]["val"] = score
-            if state.best is None or score > state.best:
-                state.best = score
-                save_atomic({"algorithm": algorithm.state_dict(), "model_args": args, "iteration": it,
-                             "val": score}, run_dir / BEST)
-        if writer is not None:
-            for key, value in state.history[-1].items():
-                if key != "iteration":
-                    writer.add_scalar(f"train/{key}" if key != "val" else "val/score", value, it)
-            writer.flush()  # a killed run keeps what it logged, as metrics.jsonl does
-
     def save(state: LoopState) -> None:
-        save_run_checkpoint(run_dir / LAST, algorithm, optimizer, state, generators, scheduler, {"model_args": args})
+        save_run_checkpoint(run_dir / LAST, run.algorithm, run.optimizer, state, run.generators, run.scheduler,
+                            {"model_args": run.args})
 
     stop = StopRequest()
-    main = dist.is_main
     try:
         with stop.installed():
             meta_train(
-                algorithm, optimizer, tasks, generators["train"], iterations=config.iterations,
-                meta_batch_size=config.meta_batch_size, step=make_step(algorithm), scheduler=scheduler,
+                run.algorithm, run.optimizer, run.tasks, run.generators["train"], iterations=config.iterations,
+                meta_batch_size=config.meta_batch_size, step=make_step(run.algorithm), scheduler=run.scheduler,
                 state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
-                on_log=on_log if main else None, checkpoint=save if main else None,
+                writer=writer, on_log=_Validation(config, run, run_dir) if main else None,
+                checkpoint=save if main else None,
                 checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
                 max_minutes=config.max_minutes,
             )
@@ -225,15 +128,82 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     finally:
         if writer is not None:
             writer.close()
-        if isinstance(tasks, placement.Prefetcher):
-            tasks.close()
+        if isinstance(run.tasks, placement.Prefetcher):
+            run.tasks.close()
     dist.close(barrier=True)  # the rest is rank 0's alone
     if not main:
         return None
     save(state)
     if config.data.name == "sinusoid" and config.baseline_iterations:
-        train_baselines(config, run_dir, tasks, build_model(config, args))
+        train_baselines(config, run_dir, run.tasks, build_model(config, run.args))
     return evaluate_run(run_dir) if evaluate_at_end else None
+
+
+def _settle_config(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Context, overwrite: bool,
+                   resume: bool, device_override: str | None) -> tuple[cfg.TrainConfig, dict | None]:
+    """The run's config (given, or the saved one with any device override) and its checkpoint, if any."""
+    if resume:
+        config, checkpoint = dist.run_on_main(lambda: folder.read(run_dir, cfg.load))
+        if device_override is not None:  # the checkpoint loads on any device (read to the CPU, then moved)
+            config = dataclasses.replace(config, device=device_override)
+        return config, checkpoint
+    if config is None:
+        raise ValueError("train() needs a config unless resume=True")
+    dist.run_on_main(lambda: check_run_dir(run_dir, overwrite, resume=False))
+    return config, None
+
+
+def _settle_device(config: cfg.TrainConfig, run_dir: Path, dist: distributed.Context, resume: bool
+                   ) -> tuple[torch.device, str]:
+    """The run's device (and its recorded name), threads and global seeds."""
+    dist.check_meta_batch(config.meta_batch_size)
+    try:
+        device, recorded = _device(config.device, dist)
+    except ValueError as error:
+        if not resume:
+            raise
+        raise ValueError(f"{error} (fastmaml train --resume {run_dir} device=cpu)") from None
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    return device, recorded
+
+
+class _Objects:
+    """What a run trains: its task streams (placed for the device), model, algorithm, optimizer, schedule."""
+
+    def __init__(self, config: cfg.TrainConfig, device: torch.device) -> None:
+        self.tasks = placement.place(build_tasks(config, "train"), device, "meta-train tasks")
+        self.val_tasks = placement.place(build_tasks(config, "val"), device, "meta-val tasks", prefetch=False) \
+            if config.val_every else None
+        self.args = model_args(config, self.tasks)
+        model = build_model(config, self.args)
+        self.algorithm = build_algorithm(config, model).to(device=device, dtype=DTYPES[config.dtype])
+        self.optimizer = build_optimizer(config, self.algorithm.parameters())
+        self.scheduler = build_scheduler(config, self.algorithm, self.optimizer)
+        self.generators = {"train": task_generator(config, "train")}
+
+
+class _Validation:
+    """Meta-validation at log lines every ``val_every`` iterations (and always at the last: after a whole
+    cosine schedule the last model is often the best), keeping the best model in ``best.pt``."""
+
+    def __init__(self, config: cfg.TrainConfig, run: _Objects, run_dir: Path) -> None:
+        self.config, self.run, self.run_dir = config, run, run_dir
+
+    def __call__(self, state: LoopState, last: bool) -> None:
+        config, run = self.config, self.run
+        if run.val_tasks is None or not (state.iteration % config.val_every < config.log_every or last):
+            return
+        result = evaluate(run.algorithm, run.val_tasks, config.val_tasks, config.eval_inner_steps,
+                          task_generator(config, "val"))
+        score = _score(result)
+        state.history[-1]["val"] = score
+        if state.best is None or score > state.best:
+            state.best = score
+            save_atomic({"algorithm": run.algorithm.state_dict(), "model_args": run.args,
+                         "iteration": state.iteration, "val": score}, self.run_dir / BEST)
 
 
 def eval_device(name: str) -> torch.device:
@@ -267,7 +237,8 @@ def train_baselines(config: cfg.TrainConfig, run_dir: Path, tasks, fresh: nn.Mod
 
 
 def load(run_dir: str | Path, which: str = "best") -> nn.Module:
-    """The trained algorithm (e.g. ``MAML``) of a run folder, ready to ``adapt`` and ``predict``.
+    """The trained algorithm (e.g. ``MAML``) of a supervised run folder, ready to ``adapt`` and ``predict``
+    (``fm.load``, :func:`fastmaml.kinds.load`, takes a run of any kind).
 
     ``which="best"`` takes the best meta-validation checkpoint when the run kept one, else the last.
     """
@@ -277,12 +248,6 @@ def load(run_dir: str | Path, which: str = "best") -> nn.Module:
             f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the folder `fastmaml train` wrote")
     if which not in ("best", "last"):
         raise ValueError(f"which={which!r}; use 'best' or 'last'")
-    from fastmaml.rl.config import is_rl_run
-
-    if is_rl_run(run_dir):  # a meta-RL run: its learner (fastmaml.rl.MetaRL)
-        from fastmaml.rl.train import load as load_rl
-
-        return load_rl(run_dir)
     config = cfg.load(run_dir / CONFIG)
     path = run_dir / BEST if which == "best" and (run_dir / BEST).is_file() else run_dir / LAST
     checkpoint = load_checkpoint(path)

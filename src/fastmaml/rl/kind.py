@@ -1,22 +1,15 @@
-"""What the ``fastmaml`` command needs to know about meta-RL recipes and runs (``kind: rl``):
-whether a command concerns one, and the functions that train, evaluate, plot and summarise it.
-:mod:`fastmaml.cli` dispatches every kind of run with the same code."""
+"""The meta-RL kind of run (:mod:`fastmaml.kinds`, ``kind: rl``): what the command line calls for its recipes
+and runs."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from fastmaml.rl import config as rlcfg
 
-
-def handles(args: argparse.Namespace) -> bool:
-    """Whether the parsed command concerns a meta-RL recipe or run folder."""
-    if args.command == "train":
-        return rlcfg.is_rl_run(args.resume) if args.resume is not None else rlcfg.is_rl_recipe(args.recipe)
-    if args.command in ("eval", "plot"):
-        return rlcfg.is_rl_run(args.run_dir)
-    return False
+NAME = "rl"
+TITLE = "meta-RL"
+DISTRIBUTED = False  # one process: the sampler steps every environment on MuJoCo's own threads
 
 
 def resolve(recipe: str, overrides: list[str]) -> rlcfg.RLConfig:
@@ -58,3 +51,9 @@ def summary(results: dict) -> str:
     from fastmaml.rl.evaluate import format_table
 
     return format_table(results)
+
+
+def load(run_dir: str | Path, which: str = "last"):
+    from fastmaml.rl import train as runs
+
+    return runs.load(run_dir, which)

@@ -1,0 +1,103 @@
+"""A run folder, for every kind of run: its files, creating it, reopening it to resume, restoring from it.
+
+Nothing here writes before it has checked: a folder that must not be used is refused as it is, and a
+checkpoint that does not fit the run's objects is a one-line error that leaves every file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastmaml.train import config as cfg
+from fastmaml.train.checkpoint import load_checkpoint, write_text_atomic
+
+CONFIG, METRICS, LAST, BEST, BASELINES, EVAL, TENSORBOARD = (
+    "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json", "tensorboard")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Refuse, without writing anything, a folder that ``train`` must not use."""
+    if resume:
+        if not (run_dir / CONFIG).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a fastmaml run folder (no {CONFIG}); "
+                                    "check the path given to --resume")
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file; choose a folder path for --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                                  "replace it, or --out for a new folder")
+        if not (run_dir / CONFIG).is_file():
+            raise FileExistsError(f"{run_dir} is not empty and not a fastmaml run; choose another --out folder")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    """Create ``run_dir``, refusing to touch an existing run unless asked to resume or overwrite."""
+    check_run_dir(run_dir, overwrite, resume)
+    if resume:
+        return
+    if overwrite and run_dir.is_dir() and (run_dir / CONFIG).is_file():
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to {run_dir} ({error.strerror}); choose a writable --out folder") from None
+
+
+def read(run_dir: Path, load_config) -> tuple[Any, dict | None]:
+    """The saved config (``load_config(path)``) and the last checkpoint of a run folder, read only (a run
+    killed before its first checkpoint has none, and restarts from iteration 0)."""
+    check_run_dir(run_dir, overwrite=False, resume=True)
+    config = load_config(run_dir / CONFIG)
+    return config, load_checkpoint(run_dir / LAST) if (run_dir / LAST).is_file() else None
+
+
+def write_config(config: Any, run_dir: Path) -> None:
+    """The resolved config, as ``config.yaml``: a run can be reproduced and resumed from its folder alone."""
+    import yaml
+
+    write_text_atomic(yaml.safe_dump(cfg.to_dict(config), sort_keys=False), run_dir / CONFIG)
+
+
+def create(config: Any, run_dir: Path, overwrite: bool) -> None:
+    """A new run folder holding ``config``."""
+    prepare_run_dir(run_dir, overwrite, resume=False)
+    write_config(config, run_dir)
+
+
+def reopen(run_dir: Path, history: list[dict]) -> None:
+    """A folder to continue: ``metrics.jsonl`` may run past the checkpoint (or end in half a line after a kill),
+    so it is rewritten from the checkpoint's history, exactly what was logged up to its iteration; half-written
+    files of a killed atomic save are removed."""
+    write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / METRICS)
+    for leftover in run_dir.glob(".*.tmp"):
+        leftover.unlink()
+
+
+def append_metrics(path: Path, lines: list[dict]) -> None:
+    """``lines`` appended to ``path`` (a run's metrics.jsonl), one JSON object a line."""
+    with Path(path).open("a") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+@contextlib.contextmanager
+def restoring(where: str) -> Iterator[None]:
+    """Loading a checkpoint into freshly built objects: a mismatch is one line naming the fix."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{where} does not match the run's config.yaml ({first}); restore the files the run "
+                         "wrote or start again with --overwrite") from None
