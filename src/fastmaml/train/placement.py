@@ -105,7 +105,8 @@ class Prefetcher:
 
     def _start(self, tasks: int, generator: torch.Generator) -> None:
         self.close()
-        own = torch.Generator().set_state(generator.get_state())
+        own = torch.Generator()
+        own.set_state(generator.get_state())
         self._size, self._expected = tasks, generator.get_state()
         self._stop, self._queue = threading.Event(), queue.Queue(maxsize=self.ahead)
         self._thread = threading.Thread(target=self._fill, args=(tasks, own, self._stop, self._queue),
