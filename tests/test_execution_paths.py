@@ -4,6 +4,7 @@ The model is a small Conv-4 with BatchNorm on batch statistics: vmap runs the pl
 loop (per-task gradients) and the plain graph run the native kernel, the reference runs the module as written.
 """
 
+import logging
 import warnings
 
 import pytest
@@ -199,3 +200,18 @@ def test_an_empty_meta_batch_contributes_zero_loss_and_zero_gradient():
         loss.backward()
         assert loss.item() == 0.0 and algo.engine.last_path == "empty"
         assert all(p.grad is not None and not p.grad.any() for p in algo.parameters())
+
+
+def test_the_execution_decision_is_logged_once_per_run(tmp_path, caplog, monkeypatch):
+    """A run builds many algorithm objects (baselines, step-size tuning, evaluation): one line for the decision."""
+    from fastmaml.core import execution
+    from fastmaml.train import config as cfg
+    from fastmaml.train import run as runs
+
+    monkeypatch.setattr(execution, "_LOGGED", set())
+    config = cfg.resolve("sinusoid", ["iterations=4", "log_every=2", "baseline_iterations=4", "eval_tasks=5",
+                                      "meta_batch_size=2", "compile=false"])
+    with caplog.at_level(logging.INFO, logger="fastmaml.core.execution"):
+        runs.train(config, tmp_path / "run", progress=False)
+    decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("execution=auto")]
+    assert decisions == ["execution=auto: vmap for MLP on cpu (20 input elements per task)"]
