@@ -240,5 +240,6 @@ def test_tensorboard_without_its_package_is_a_one_line_error(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were absent
     assert main(["train", "sinusoid", "tensorboard=true", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("fastmaml: error: tensorboard=true needs the tensorboard package: "
-                                       "pip install 'fastmaml[tensorboard]'\n")
+                                       "pip install 'fastmaml[tensorboard]' "
+                                       "(in a checkout: pip install -e '.[tensorboard]')\n")
     assert not (tmp_path / "run").exists()

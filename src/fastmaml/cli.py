@@ -73,7 +73,8 @@ def _require_cli_extra() -> None:
         import tqdm  # noqa: F401
         import yaml  # noqa: F401
     except ImportError:
-        raise ImportError("fastmaml's command line needs PyYAML and tqdm: pip install 'fastmaml[cli]'") from None
+        raise ImportError("fastmaml's command line needs PyYAML and tqdm: pip install 'fastmaml[cli]' "
+                          "(in a checkout: pip install -e '.[cli]')") from None
 
 
 def _launch(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'fastmaml[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'fastmaml[plot]' "
+                          "(in a checkout: pip install -e '.[plot]')") from None
     return plt
 
 

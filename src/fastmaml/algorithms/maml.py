@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from fastmaml._text import with_article
 from fastmaml.core import inner
 from fastmaml.core.batchnorm import exact_batch_norm, has_batch_norm
 from fastmaml.core.compiled import Compile, OuterEngine
@@ -136,7 +137,7 @@ class MAML(nn.Module):
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
+            raise TypeError(f"model is {with_article(type(model).__name__)}; pass a torch.nn.Module")
         options = self.Options(*args, **kwargs)
         self.options = options
         self.inner_steps = options.inner_steps

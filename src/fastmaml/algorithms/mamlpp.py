@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastmaml._text import with_article
 from fastmaml.algorithms.maml import MAML, MetaOptions
 from fastmaml.algorithms.per_step_bn import PerStepNorm, batch_norms
 from fastmaml.core import inner
@@ -120,7 +121,7 @@ class MAMLPlusPlus(MAML):
 
     def __init__(self, model: nn.Module, *args: Any, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model is a {type(model).__name__}; pass a torch.nn.Module")
+            raise TypeError(f"model is {with_article(type(model).__name__)}; pass a torch.nn.Module")
         options = self.Options(*args, **kwargs)
         norms = batch_norms(model).values()
         weights = _switch(options.per_step_bn_weights, any(m.affine for m in norms), "per_step_bn_weights",

@@ -3,7 +3,8 @@
 Readers decode a data set once, cache the uint8 array on disk (``$FASTMAML_CACHE`` or
 ``~/.cache/fastmaml``) and in memory, and share it between the meta-train, meta-val and meta-test
 samplers. Nothing is downloaded: pass the path of files you have. Pillow is needed to decode images
-(``pip install 'fastmaml[vision]'``); it is imported only when a reader decodes.
+(``pip install 'fastmaml[vision]'``, in a checkout ``pip install -e '.[vision]'``); it is imported only when a
+reader decodes.
 """
 
 from __future__ import annotations

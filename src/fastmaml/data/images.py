@@ -37,7 +37,8 @@ def pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("reading images needs Pillow; install it with: pip install 'fastmaml[vision]'") from None
+        raise ImportError("reading images needs Pillow; install it with: pip install 'fastmaml[vision]' "
+                          "(in a checkout: pip install -e '.[vision]')") from None
     return Image
 
 

@@ -7,5 +7,6 @@ def gymnasium():
     try:
         import gymnasium
     except ImportError:
-        raise ImportError("fastmaml's meta-RL needs gymnasium: pip install 'fastmaml[rl]'") from None
+        raise ImportError("fastmaml's meta-RL needs gymnasium: pip install 'fastmaml[rl]' "
+                          "(in a checkout: pip install -e '.[rl]')") from None
     return gymnasium

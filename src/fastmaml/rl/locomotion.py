@@ -55,7 +55,8 @@ def _mujoco():
         import mujoco
         from mujoco import rollout
     except ImportError:
-        raise ImportError("the MuJoCo task families need the mujoco bindings: pip install 'fastmaml[rl]'") from None
+        raise ImportError("the MuJoCo task families need the mujoco bindings: pip install 'fastmaml[rl]' "
+                          "(in a checkout: pip install -e '.[rl]')") from None
     return mujoco, rollout
 
 

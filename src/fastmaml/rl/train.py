@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastmaml._text import with_article
 from fastmaml.core import rules
 from fastmaml.core.execution import Execution
 from fastmaml.rl import config as rlcfg
@@ -56,7 +57,7 @@ def build_family(config: rlcfg.RLConfig):
         raise ValueError(f"env={config.env!r} cannot be imported ({error}); check the module path") from None
     family = factory(**config.env_options)
     if not (hasattr(family, "sample_tasks") and hasattr(family, "make_env")):
-        raise TypeError(f"env={config.env!r} built a {type(family).__name__}; a task family needs "
+        raise TypeError(f"env={config.env!r} built {with_article(type(family).__name__)}; a task family needs "
                         "sample_tasks(n, generator) and make_env(task)")
     return family
 

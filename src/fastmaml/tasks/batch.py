@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fastmaml._text import with_article
+
 
 @dataclass(frozen=True)
 class TaskBatch:
@@ -37,7 +39,7 @@ class TaskBatch:
         tensors = self.tensors()
         for name, t in zip(names, tensors):
             if not isinstance(t, Tensor):
-                raise TypeError(f"TaskBatch.{name} is a {type(t).__name__}; pass a torch.Tensor")
+                raise TypeError(f"TaskBatch.{name} is {with_article(type(t).__name__)}; pass a torch.Tensor")
             if t.dim() < 2:
                 raise ValueError(
                     f"TaskBatch.{name} has shape {tuple(t.shape)}; it needs (tasks, examples, ...): "
@@ -98,7 +100,7 @@ class TaskBatch:
         every task weighted 1/total as in the whole batch, so the shards' meta-gradients simply add up.
         """
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} is outside 0..{world_size - 1}")
+            raise ValueError(f"rank={rank} is outside 0..{world_size - 1}; pass a rank from 0 to world_size - 1")
         per, extra = divmod(len(self), world_size)
         start = rank * per + min(rank, extra)
         share = slice(start, start + per + (rank < extra))

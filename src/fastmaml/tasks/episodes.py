@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from fastmaml._text import with_article
 from fastmaml.tasks.batch import TaskBatch
 
 Normalize = Callable[[Tensor], Tensor]
@@ -282,7 +283,7 @@ def from_dataset(dataset: Sequence[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]
     for i in range(len(dataset)):
         item = dataset[i]
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ValueError(f"dataset[{i}] is a {type(item).__name__}; it must be an (image, label) pair")
+            raise ValueError(f"dataset[{i}] is {with_article(type(item).__name__)}; it must be an (image, label) pair")
         images.append(torch.as_tensor(item[0]))
         labels.append(int(item[1]))
     shapes = {tuple(t.shape) for t in images}

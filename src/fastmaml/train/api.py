@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fastmaml._text import with_article
 from fastmaml.algorithms.maml import MAML
 from fastmaml.train.outer import make_step, meta_train
 
@@ -47,7 +48,7 @@ def fit(
         >>> params = maml.adapt(support_x, support_y)  # doctest: +SKIP
     """
     if not hasattr(tasks, "sample_tasks"):
-        raise TypeError(f"tasks is a {type(tasks).__name__}; pass a task distribution with "
+        raise TypeError(f"tasks is {with_article(type(tasks).__name__)}; pass a task distribution with "
                         "sample_tasks(tasks, generator), e.g. fm.Sinusoid()")
     if iterations < 0 or meta_batch_size < 1:
         raise ValueError(f"iterations={iterations}, meta_batch_size={meta_batch_size}; use iterations >= 0 "

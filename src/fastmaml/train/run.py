@@ -45,8 +45,8 @@ def summary_writer_class() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ImportError("tensorboard=true needs the tensorboard package: pip install 'fastmaml[tensorboard]'") \
-            from None
+        raise ImportError("tensorboard=true needs the tensorboard package: pip install 'fastmaml[tensorboard]' "
+                          "(in a checkout: pip install -e '.[tensorboard]')") from None
     return SummaryWriter
 
 
