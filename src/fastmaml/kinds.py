@@ -58,7 +58,13 @@ def load(run_dir: str | Path, which: str = "best") -> Any:
     when the run kept one, else the last), for meta-RL runs the policy's learner (``adapt`` and ``act``).
 
     Example:
-        >>> maml = fm.load("runs/sinusoid")  # doctest: +SKIP
-        >>> params = maml.adapt(support_x, support_y)  # doctest: +SKIP
+        >>> from fastmaml.train import train
+        >>> config = fm.TrainConfig(iterations=2, meta_batch_size=2, eval_tasks=4, baseline_iterations=0)
+        >>> _ = train(config, "runs/sinusoid", progress=False)  # a tiny run (or `fastmaml train sinusoid`)
+        >>> maml = fm.load("runs/sinusoid")
+        >>> task = fm.Sinusoid().sample_tasks(1, torch.Generator().manual_seed(1))
+        >>> params = maml.adapt(task.support_x[0], task.support_y[0])  # one task: no task dimension
+        >>> maml.predict(params, task.query_x[0]).shape
+        torch.Size([10, 1])
     """
     return of_run(run_dir).load(run_dir, which)

@@ -3,7 +3,7 @@
 Every algorithm is an ``nn.Module`` with ``outer_loss(batch)`` (``.backward()`` puts the meta-gradient in
 ``algo.parameters()``), ``task_losses(batch, inner_steps, track)``, ``adapt``, ``predict``,
 ``begin_iteration(iteration, iterations)`` and ``scheduler(optimizer, iterations)``. Its options are its
-``Options`` dataclass: the shared :class:`fastmaml.algorithms.maml.Options` plus its own.
+``Options`` dataclass: the shared :class:`fastmaml.algorithms.maml.MetaOptions` plus its own.
 """
 
 from __future__ import annotations
@@ -29,10 +29,25 @@ ALGORITHMS: dict[str, type[MAML]] = {
     "reptile": Reptile,
     "imaml": IMAML,
 }
+"""Every algorithm by the name recipes and :func:`build` use.
+
+Example:
+    >>> list(ALGORITHMS)
+    ['maml', 'fomaml', 'anil', 'metasgd', 'mamlpp', 'reptile', 'imaml']
+    >>> ALGORITHMS["anil"].__name__
+    'ANIL'
+"""
 
 
 def options(name: str) -> tuple[str, ...]:
-    """The keyword options algorithm ``name`` takes (everything but the model)."""
+    """The keyword options algorithm ``name`` takes (everything but the model).
+
+    Example:
+        >>> options("maml")
+        ('inner_lr', 'inner_steps', 'first_order', 'loss_fn', 'adapt', 'rule', 'execution', 'compile')
+        >>> sorted(set(options("imaml")) - set(options("maml")))  # iMAML's own
+        ['cg_steps', 'damping', 'lam', 'lam_damping', 'max_grad_norm', 'pull_back']
+    """
     return option_names(ALGORITHMS[name].Options)
 
 

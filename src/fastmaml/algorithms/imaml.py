@@ -215,7 +215,7 @@ class IMAML(MAML):
 
     Example:
         >>> import torch, fastmaml as fm
-        >>> imaml = IMAML(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01, inner_steps=16, lam=2.0, damping=1.0)
+        >>> imaml = IMAML(fm.models.MLP([1, 40, 40, 1]), inner_lr=0.01, inner_steps=16, lam=2.0, lam_damping=10.0)
         >>> imaml.outer_loss(fm.Sinusoid().sample_tasks(5, torch.Generator().manual_seed(0))).backward()
     """
 

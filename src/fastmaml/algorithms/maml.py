@@ -62,6 +62,14 @@ class MetaOptions:
 
     An algorithm extends this with its own keyword-only options; an option it sets itself is
     redeclared with ``init=False``.
+
+    Example:
+        >>> maml = fm.MAML(fm.models.MLP([1, 40, 40, 1]), 0.4, 5, execution="loop")  # the first four positional
+        >>> maml.options
+        MetaOptions(inner_lr=0.4, inner_steps=5, first_order=False, loss_fn=None, adapt=None, rule=None,
+                    execution='loop', compile='auto')
+        >>> fm.IMAML.Options(lam=2.0).first_order  # iMAML's Options: these plus its own
+        True
     """
 
     inner_lr: float = 0.01

@@ -19,10 +19,23 @@ __all__ = ["batch_norm", "exact_batch_norm", "has_batch_norm", "native_batch_nor
 
 
 def has_batch_norm(model: nn.Module) -> bool:
-    """Whether ``model`` needs the exact routing (:func:`fastmaml.core.exact.needs_exact_ops`)."""
+    """Whether ``model`` needs the exact routing (:func:`fastmaml.core.exact.needs_exact_ops`).
+
+    Example:
+        >>> has_batch_norm(fm.models.Conv4(1, 5)), has_batch_norm(fm.models.MLP([1, 40, 40, 1]))
+        (True, False)
+    """
     return needs_exact_ops(model)
 
 
 def exact_batch_norm(enabled: bool = True) -> AbstractContextManager[None]:
-    """:func:`fastmaml.core.exact.exact_ops`: every routed op exact on every path within the context."""
+    """:func:`fastmaml.core.exact.exact_ops`: every routed op exact on every path within the context.
+
+    Example:
+        >>> bn = torch.nn.BatchNorm1d(3)
+        >>> with exact_batch_norm():
+        ...     out = bn(torch.randn(4, 3))  # normalised with the batch's statistics
+        >>> bn.running_mean  # read, never written
+        tensor([0., 0., 0.])
+    """
     return exact_ops(enabled)

@@ -57,7 +57,15 @@ LOOP_ONLY_MODULES = (nn.RNNBase, nn.RNNCellBase)
 
 @contextlib.contextmanager
 def vmapping() -> Iterator[None]:
-    """Marks the enclosed code as running under a vmap over tasks (plain-op normalisations there)."""
+    """Marks the enclosed code as running under a vmap over tasks (plain-op normalisations there).
+
+    Example:
+        >>> bn = torch.nn.BatchNorm1d(3)
+        >>> with exact_ops(), vmapping():  # batch norm from plain ops: exact meta-gradients under vmap
+        ...     out = torch.func.vmap(bn)(torch.randn(2, 4, 3))  # 2 tasks of 4 examples
+        >>> out.shape
+        torch.Size([2, 4, 3])
+    """
     _vmap.depth = _vmap_depth() + 1
     try:
         yield
@@ -90,18 +98,31 @@ class _ExactOps(TorchFunctionMode):
 
 
 def _own_forward(module: nn.Module) -> bool:
-    return not type(module).forward.__module__.startswith("torch.nn.")
+    # a class defined by exec without __name__ in its globals has a forward whose __module__ is None
+    return not (type(module).forward.__module__ or "").startswith("torch.nn.")
 
 
 def needs_exact_ops(model: nn.Module) -> bool:
     """Whether ``model`` may call a function :func:`exact_ops` routes: a normalisation or attention
-    layer of :data:`ROUTED_MODULES`, or any module with its own ``forward`` (which may call anything)."""
+    layer of :data:`ROUTED_MODULES`, or any module with its own ``forward`` (which may call anything).
+
+    Example:
+        >>> needs_exact_ops(fm.models.MLP([1, 40, 40, 1]))  # linear layers and activations only
+        False
+        >>> needs_exact_ops(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2)))
+        True
+    """
     return any(isinstance(m, ROUTED_MODULES) or _own_forward(m) for m in model.modules())
 
 
 def vmap_is_exact(model: nn.Module) -> bool:
     """Whether the vmap path gives ``model``'s exact meta-gradient (under :func:`exact_ops`): False for
-    recurrent layers, which vmap cannot run, so ``execution="auto"`` takes the loop without trying."""
+    recurrent layers, which vmap cannot run, so ``execution="auto"`` takes the loop without trying.
+
+    Example:
+        >>> vmap_is_exact(fm.models.Conv4(1, 5)), vmap_is_exact(torch.nn.LSTM(2, 4))
+        (True, False)
+    """
     return not any(isinstance(m, LOOP_ONLY_MODULES) for m in model.modules())
 
 
@@ -111,8 +132,11 @@ def exact_ops(enabled: bool = True) -> Iterator[None]:
     backward; normalisations never write running statistics.
 
     Example:
-        >>> with exact_ops(needs_exact_ops(model)):
-        ...     loss = maml_loss(model, batch)   # vmapped or looped over tasks
+        >>> bn = torch.nn.BatchNorm1d(3)
+        >>> with exact_ops(needs_exact_ops(bn)):
+        ...     out = bn(torch.randn(4, 3))  # normalised with the batch's statistics
+        >>> bn.running_mean  # read, never written
+        tensor([0., 0., 0.])
     """
     if not enabled:
         yield

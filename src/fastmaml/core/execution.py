@@ -157,6 +157,13 @@ class TaskMapper:
     and decision). If vmap then cannot run the module it warns once naming the reason and uses the loop
     from then on. ``chunk`` (None: the whole meta-batch) is how many tasks one vmap holds; it is halved
     when the device runs out of memory (:meth:`shrink`) and never grows back.
+
+    Example:
+        >>> mapper = TaskMapper("loop")
+        >>> mapper(lambda x: (x.sum(),), torch.ones(3, 4))  # one output per task, stacked over tasks
+        (tensor([4., 4., 4.]),)
+        >>> TaskMapper("auto", model=fm.models.MLP([1, 40, 40, 1])).resolve(torch.zeros(25, 10, 1))
+        'vmap'
     """
 
     def __init__(self, execution: Execution = "auto", owner: str = "model", model: nn.Module | None = None) -> None:

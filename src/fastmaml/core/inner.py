@@ -23,7 +23,14 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def default_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy for integer targets (classification), mean squared error otherwise (regression)."""
+    """Cross-entropy for integer targets (classification), mean squared error otherwise (regression).
+
+    Example:
+        >>> default_loss(torch.zeros(2, 3), torch.tensor([0, 2]))  # cross-entropy of uniform logits: log 3
+        tensor(1.0986)
+        >>> default_loss(torch.zeros(2, 1), torch.ones(2, 1))  # mean squared error
+        tensor(1.)
+    """
     if target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
         return F.cross_entropy(prediction, target)
     return F.mse_loss(prediction, target)
@@ -43,6 +50,12 @@ class InnerSpec:
             every forward; ``slot`` is the number of inner updates already applied and ``query`` whether
             this is a query forward (MAML++ swaps in per-step BatchNorm weights and running statistics
             here). ``None``: the identity.
+
+    Example:
+        >>> from fastmaml.core import InnerSpec, default_loss, module_state, sgd
+        >>> model = torch.nn.Linear(1, 1)
+        >>> params, buffers = module_state(model)
+        >>> spec = InnerSpec(model, default_loss, sgd(0.1), adapt_names=tuple(params), first_order=False)
     """
 
     model: nn.Module
@@ -92,6 +105,17 @@ def inner_step(
 
     ``learned`` is the rule's meta-learned state, ``state`` its per-task state (``spec.rule.init``);
     returns the new parameters and the new per-task state.
+
+    Example:
+        >>> from fastmaml.core import InnerSpec, default_loss, module_state, sgd
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> params, buffers = module_state(model)
+        >>> spec = InnerSpec(model, default_loss, sgd(0.1), ("weight",), first_order=False)
+        >>> x, y = torch.ones(4, 1), torch.zeros(4, 1)  # the loss is w**2, its gradient 2w
+        >>> new, state = inner_step(spec, params, buffers, {}, spec.rule.init(params), x, y, step=0)
+        >>> new["weight"]  # 1 - 0.1 * 2
+        tensor([[0.8000]], grad_fn=<...>)
     """
     fast = {name: params[name] for name in spec.adapt_names}
     fixed = {name: p for name, p in params.items() if name not in fast}
@@ -118,7 +142,20 @@ def init_state(spec: InnerSpec, params: Params) -> Any:
 def adapt(
     spec: InnerSpec, params: Params, buffers: Params, learned: Params, x: Tensor, y: Tensor, steps: int
 ) -> Params:
-    """``steps`` inner updates on one task's support set; returns every parameter (adapted and fixed)."""
+    """``steps`` inner updates on one task's support set; returns every parameter (adapted and fixed).
+
+    ``learned`` is the rule's meta-learned state (``{}`` for :func:`~fastmaml.core.rules.sgd`).
+
+    Example:
+        >>> from fastmaml.core import InnerSpec, default_loss, module_state, sgd
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> params, buffers = module_state(model)
+        >>> spec = InnerSpec(model, default_loss, sgd(0.1), ("weight",), first_order=False)
+        >>> x, y = torch.ones(4, 1), torch.zeros(4, 1)  # the loss is w**2: each step multiplies w by 0.8
+        >>> adapt(spec, params, buffers, {}, x, y, steps=3)["weight"]
+        tensor([[0.5120]], grad_fn=<...>)
+    """
     state = init_state(spec, params)
     for step in range(steps):
         params, state = inner_step(spec, params, buffers, learned, state, x, y, step)
@@ -142,6 +179,20 @@ def task_loss(
     With ``track=True`` the loss is a ``(steps + 1,)`` vector and the predictions gain a leading
     ``steps + 1`` dimension: before adaptation and after each inner step (MAML++'s multi-step loss and
     the evaluation curves use them).
+
+    Example:
+        >>> from fastmaml.core import InnerSpec, default_loss, module_state, sgd
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> params, buffers = module_state(model)
+        >>> spec = InnerSpec(model, default_loss, sgd(0.1), ("weight",), first_order=False)
+        >>> x, y = torch.ones(4, 1), torch.zeros(4, 1)  # support and query alike: the loss is w**2
+        >>> loss, prediction = task_loss(spec, params, buffers, {}, x, y, x, y, steps=1, track=True)
+        >>> loss  # before adaptation (w = 1) and after one step (w = 0.8)
+        tensor([1.0000, 0.6400], grad_fn=<...>)
+        >>> loss[-1].backward()  # the second-order meta-gradient: d(0.8 w)**2 / dw = 1.28 at w = 1
+        >>> model.weight.grad
+        tensor([[1.2800]])
     """
     losses, predictions = [], []
     state = init_state(spec, params)

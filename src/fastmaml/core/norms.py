@@ -50,7 +50,13 @@ def batch_norm(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``F.batch_norm`` from plain ops; ``x`` is (N, C, *spatial). Running statistics are read, never written."""
+    """``F.batch_norm`` from plain ops; ``x`` is (N, C, *spatial). Running statistics are read, never written.
+
+    Example:
+        >>> x = torch.randn(8, 3)
+        >>> torch.allclose(batch_norm(x, None, None, training=True), F.batch_norm(x, None, None, training=True))
+        True
+    """
     shape = (1, -1) + (1,) * (x.dim() - 2)
     if training or running_mean is None or running_var is None:
         var, mean = torch.var_mean(x, [0, *range(2, x.dim())], correction=0, keepdim=True)
@@ -69,7 +75,14 @@ def native_batch_norm(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """The fused kernel with :func:`batch_norm`'s contract: in training, batch statistics and no writes."""
+    """The fused kernel with :func:`batch_norm`'s contract: in training, batch statistics and no writes.
+
+    Example:
+        >>> running_mean, running_var = torch.zeros(3), torch.ones(3)
+        >>> out = native_batch_norm(torch.randn(8, 3), running_mean, running_var, training=True)
+        >>> running_mean
+        tensor([0., 0., 0.])
+    """
     if training or running_mean is None or running_var is None:
         return _native_batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     return _native_batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)

@@ -30,7 +30,21 @@ from fastmaml.core.params import Params
 
 
 class TaskContext(NamedTuple):
-    """What every task of a meta-batch shares: the inner loop and the meta-parameters."""
+    """What every task of a meta-batch shares: the inner loop and the meta-parameters.
+
+    An algorithm builds it with ``algorithm.context(steps)``; an :class:`Objective` reads it.
+
+    Example:
+        >>> from fastmaml.core import InnerSpec, default_loss, module_state, sgd
+        >>> model = torch.nn.Linear(1, 1)
+        >>> params, buffers = module_state(model)
+        >>> spec = InnerSpec(model, default_loss, sgd(0.1), tuple(params), first_order=False)
+        >>> ctx = TaskContext(spec, params, buffers, learned={}, steps=1)
+        >>> x, y = torch.ones(4, 1), torch.zeros(4, 1)
+        >>> loss, aux = QueryLoss()(ctx, x, y, x, y)  # one task: support_x, support_y, query_x, query_y
+        >>> loss.shape, aux
+        (torch.Size([]), ())
+    """
 
     spec: inner.InnerSpec
     params: Params
@@ -40,6 +54,19 @@ class TaskContext(NamedTuple):
 
 
 class Objective(Protocol):
+    """``objective(ctx, *task) -> (loss, aux)`` on one task (the module docstring has the contract).
+
+    Example:
+        >>> from fastmaml.core import adapt
+        >>> def l1_query_loss(ctx, support_x, support_y, query_x, query_y):  # MAML scored by the L1 error
+        ...     params = adapt(ctx.spec, ctx.params, ctx.buffers, ctx.learned, support_x, support_y, ctx.steps)
+        ...     prediction = torch.func.functional_call(ctx.spec.model, (params, ctx.buffers), (query_x,))
+        ...     return (prediction - query_y).abs().mean(), ()
+        >>> maml = fm.MAML(fm.models.MLP([1, 40, 40, 1]))
+        >>> maml.objective = l1_query_loss
+        >>> maml.outer_loss(fm.Sinusoid().sample_tasks(4, torch.Generator().manual_seed(0))).backward()
+    """
+
     def __call__(self, ctx: TaskContext, *task: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]: ...
 
 

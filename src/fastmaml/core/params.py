@@ -7,6 +7,13 @@ from collections.abc import Callable, Iterable
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
+"""Parameters (or buffers) by qualified name, as ``model.named_parameters()`` names them.
+
+Example:
+    >>> params, buffers = module_state(torch.nn.Linear(2, 1))
+    >>> {name: tuple(p.shape) for name, p in params.items()}
+    {'weight': (1, 2), 'bias': (1,)}
+"""
 # Which parameters adapt in the inner loop: None (all), names or name prefixes, or a predicate.
 Selector = None | str | Iterable[str] | Callable[[str, Tensor], bool]
 
@@ -16,6 +23,11 @@ def module_state(model: nn.Module) -> tuple[Params, Params]:
 
     Raises:
         ValueError: the module has no parameter with ``requires_grad=True``.
+
+    Example:
+        >>> params, buffers = module_state(torch.nn.BatchNorm1d(3))
+        >>> list(params), list(buffers)
+        (['weight', 'bias'], ['running_mean', 'running_var', 'num_batches_tracked'])
     """
     params: Params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:

@@ -62,6 +62,13 @@ class UpdateRule:
         update: ``(grads, state, params, learned, step) -> (new_params, new_state)``.
         init: ``params -> state``, the per-task optimizer state (default: none).
         learned: ``params -> dict``, the initial meta-learned tensors (default: none).
+
+    Example:
+        >>> def update(grads, state, params, learned, step):  # sign gradient descent, no state
+        ...     return {name: p - 0.1 * grads[name].sign() for name, p in params.items()}, state
+        >>> sign_sgd = UpdateRule("sign_sgd", update)
+        >>> sign_sgd.step({"w": torch.zeros(2)}, {"w": torch.tensor([3.0, -0.5])})["w"]
+        tensor([-0.1000,  0.1000])
     """
 
     name: str
@@ -84,6 +91,12 @@ def sgd(lr: float, max_grad_norm: float | None = None) -> UpdateRule:
     """Plain gradient descent with a fixed rate: theta' = theta - lr * g (MAML, eq. 1).
 
     ``max_grad_norm`` clips g to that global norm first (None: no clipping).
+
+    Example:
+        >>> sgd(0.1).step({"w": torch.ones(2)}, {"w": torch.tensor([1.0, -2.0])})["w"]
+        tensor([0.9000, 1.2000])
+        >>> sgd(0.1, max_grad_norm=1.0).step({"w": torch.zeros(2)}, {"w": torch.tensor([3.0, 4.0])})["w"]
+        tensor([-0.0600, -0.0800])
     """
     if max_grad_norm is not None and not max_grad_norm > 0:
         raise ValueError(f"max_grad_norm={max_grad_norm!r}; give a number > 0, or None for no clipping")
@@ -97,7 +110,16 @@ def sgd(lr: float, max_grad_norm: float | None = None) -> UpdateRule:
 
 
 def meta_sgd(lr: float) -> UpdateRule:
-    """Meta-SGD (arXiv:1707.09835): one learned rate per parameter entry, initialised at ``lr``."""
+    """Meta-SGD (arXiv:1707.09835): one learned rate per parameter entry, initialised at ``lr``.
+
+    Example:
+        >>> rule = meta_sgd(0.1)
+        >>> rates = rule.learned({"w": torch.ones(2)})  # the algorithm meta-trains them
+        >>> rates["w"]
+        tensor([0.1000, 0.1000])
+        >>> rule.step({"w": torch.ones(2)}, {"w": torch.ones(2)}, {"w": torch.tensor([0.1, 0.5])})["w"]
+        tensor([0.9000, 0.5000])
+    """
 
     def learned(params: Params) -> Params:
         return {name: torch.full_like(p.detach(), lr) for name, p in params.items()}
@@ -109,7 +131,16 @@ def meta_sgd(lr: float) -> UpdateRule:
 
 
 def per_step(lr: float, steps: int) -> UpdateRule:
-    """MAML++ LSLR (arXiv:1810.09502, section 4): one learned rate per parameter tensor and per step."""
+    """MAML++ LSLR (arXiv:1810.09502, section 4): one learned rate per parameter tensor and per step.
+
+    Example:
+        >>> rule = per_step(0.1, steps=3)
+        >>> rule.learned({"w": torch.ones(4, 4)})["w"]  # the rates of steps 0, 1 and 2
+        tensor([0.1000, 0.1000, 0.1000])
+        >>> params, grads, rates = {"w": torch.ones(1)}, {"w": torch.ones(1)}, {"w": torch.tensor([0.1, 0.2, 0.3])}
+        >>> rule.update(grads, rule.init(params), params, rates, 2)[0]["w"]  # step 2 takes the third rate
+        tensor([0.7000])
+    """
 
     def learned(params: Params) -> Params:
         return {name: torch.full((max(steps, 1),), lr, dtype=p.dtype, device=p.device)
@@ -142,6 +173,13 @@ def proximal(lr: float, lam: float, max_grad_norm: float | None = None) -> Updat
     The anchor theta is the per-task state: the parameters the task's adaptation starts from.
     ``max_grad_norm`` clips the whole proximal gradient to that global norm (the paper's appendix
     suggests gradient clipping or a step-size check to keep the inner solver stable).
+
+    Example:
+        >>> rule = proximal(0.1, lam=1.0)
+        >>> state = rule.init({"w": torch.zeros(1)})  # the anchor theta = 0
+        >>> phi, state = rule.update({"w": torch.ones(1)}, state, {"w": torch.ones(1)}, {}, 1)
+        >>> phi["w"]  # 1 - 0.1 * (gradient 1 + lam * (1 - 0))
+        tensor([0.8000])
     """
     if lam <= 0:
         raise ValueError(f"lam={lam!r}; the proximal strength lambda must be > 0")

@@ -14,6 +14,16 @@ import os
 from fastmaml.tasks.episodes import EpisodicTasks
 
 DATASETS = ("omniglot", "miniimagenet", "folder")
+"""The data sets :func:`episodic_tasks` reads (a recipe's ``data.name``); ``folder`` is your own images.
+
+Example:
+    >>> DATASETS
+    ('omniglot', 'miniimagenet', 'folder')
+    >>> episodic_tasks("cifar", "data/cifar", "train", 5, 1, 15)
+    Traceback (most recent call last):
+    ...
+    ValueError: dataset='cifar' is not one of ('omniglot', 'miniimagenet', 'folder'); pick one of them
+"""
 SPLITS = ("train", "val", "test")
 
 
@@ -45,6 +55,7 @@ def episodic_tasks(
             evaluation); the other data sets have one scheme and accept only the default.
 
     Example:
+        >>> # not run by the tests: it needs Omniglot's files on disk (nothing downloads)
         >>> root = "../shared/data/omniglot"
         >>> tasks = episodic_tasks("omniglot", root, "train", 5, 1, 15, rotations=True)  # doctest: +SKIP
         >>> tasks.num_classes, tasks.channels, tasks.image_size  # doctest: +SKIP

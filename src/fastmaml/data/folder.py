@@ -114,6 +114,7 @@ def load_folder(
     """uint8 images (N, C, H, W), int64 labels (N,), class names and each split's class ids.
 
     Example:
+        >>> # not run by the tests: it needs your folder of images (my_images/<class>/*.png)
         >>> images, labels, names, split_ids = load_folder("my_images", image_size=32)  # doctest: +SKIP
     """
     data, split_ids = load(root, image_size, cache_dir, workers)

@@ -115,6 +115,7 @@ def load_miniimagenet(
     class ids of ``"train"``, ``"val"`` and ``"test"``. ``NORMALIZE(images)`` gives what a model sees.
 
     Example:
+        >>> # not run by the tests: it needs mini-ImageNet's files on disk (nothing downloads)
         >>> images, labels, names, split_ids = load_miniimagenet("data/miniimagenet")  # doctest: +SKIP
         >>> images.shape, [len(split_ids[s]) for s in SPLITS]  # doctest: +SKIP
         (torch.Size([60000, 3, 84, 84]), [64, 16, 20])

@@ -12,6 +12,7 @@ background 255), resized to ``image_size`` x ``image_size`` with Pillow's Lanczo
 ``x = v / 255`` in [0, 1] as float32 (1, H, W): strokes 1, background 0.
 
 Example:
+    >>> # not run by the tests: it needs Omniglot's files on disk (nothing downloads)
     >>> images, labels, names = load_omniglot("../shared/data/omniglot")  # doctest: +SKIP
     >>> images.shape, names[0]  # doctest: +SKIP
     (torch.Size([32460, 1, 28, 28]), 'images_background/Alphabet_of_the_Magi/character01')
@@ -57,6 +58,7 @@ def load_image(path: str | os.PathLike, image_size: int = 28) -> Tensor:
     """One drawing exactly as the data set serves it: float32 (1, image_size, image_size) in [0, 1].
 
     Example:
+        >>> # not run by the tests: it needs Omniglot's files on disk
         >>> x = load_image("images_background/Latin/character01/0541_01.png")  # doctest: +SKIP
         >>> x.shape, x.dtype  # doctest: +SKIP
         (torch.Size([1, 28, 28]), torch.float32)

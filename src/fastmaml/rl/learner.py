@@ -38,6 +38,8 @@ class MetaRL(nn.Module):
             a rule's meta-learned tensors (Meta-SGD's rates) are meta-trained beside the policy.
 
     Example:
+        >>> from fastmaml.rl import GaussianPolicy
+        >>> from fastmaml.rl.envs import Navigation2D
         >>> learner = MetaRL(GaussianPolicy(2, 2))
         >>> params = learner.adapt(Navigation2D(goal=(0.3, -0.2)), generator=torch.Generator().manual_seed(0))
         >>> action = learner.act(params, np.zeros(2, dtype=np.float32))

@@ -52,7 +52,13 @@ class GaussianPolicy(nn.Module):
 
 
 class CategoricalPolicy(nn.Module):
-    """Categorical policy for Discrete actions: an MLP gives the logits."""
+    """Categorical policy for Discrete actions: an MLP gives the logits.
+
+    Example:
+        >>> policy = CategoricalPolicy(4, 2, hidden=(32, 32))  # 4 observation values, 2 actions
+        >>> policy(torch.zeros(5, 4)).shape  # logits
+        torch.Size([5, 2])
+    """
 
     def __init__(self, obs_dim: int, actions: int, hidden: tuple[int, ...] = (100, 100),
                  activation: str = "relu") -> None:

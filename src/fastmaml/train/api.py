@@ -45,7 +45,10 @@ def fit(
     Example:
         >>> import fastmaml as fm
         >>> maml = fm.fit(fm.models.MLP([1, 40, 40, 1]), fm.Sinusoid(), iterations=10, progress=False)
-        >>> params = maml.adapt(support_x, support_y)  # doctest: +SKIP
+        >>> task = fm.Sinusoid().sample_tasks(1, torch.Generator().manual_seed(1))
+        >>> params = maml.adapt(task.support_x[0], task.support_y[0])  # one task: no task dimension
+        >>> maml.predict(params, task.query_x[0]).shape
+        torch.Size([10, 1])
     """
     if not hasattr(tasks, "sample_tasks"):
         raise TypeError(f"tasks is {with_article(type(tasks).__name__)}; pass a task distribution with "

@@ -48,7 +48,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; the defaults are the MAML paper's sinusoid settings."""
+    """Everything a run needs; the defaults are the MAML paper's sinusoid settings.
+
+    Example:
+        >>> config = TrainConfig(data=DataConfig(shots=5), inner_steps=5, iterations=100)
+        >>> config.data.name, config.data.shots, config.meta_batch_size
+        ('sinusoid', 5, 25)
+        >>> TrainConfig(meta_batch_size=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: meta_batch_size=0; it must be >= 1
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -282,6 +282,7 @@ def launch(cli_args: list[str], nproc_per_node: int) -> int:
     (rank 0's when it has one), or rank 0's "interrupted at iteration N" after Ctrl-C/SIGTERM.
 
     Example:
+        >>> # not run by the tests: it starts two training processes
         >>> launch(["train", "sinusoid", "iterations=10", "--out", "runs/sin2"], 2)  # doctest: +SKIP
         0
     """

@@ -33,6 +33,14 @@ def evaluate(
 
     Returns a dict with ``loss`` (and ``accuracy`` for classification): lists over steps of
     ``{"mean", "ci95"}``, plus ``tasks`` and ``inner_steps``. Accuracy is in percent.
+
+    Example:
+        >>> maml = fm.MAML(fm.models.MLP([1, 40, 40, 1]))
+        >>> result = evaluate(maml, fm.Sinusoid(), num_tasks=10, inner_steps=2, generator=torch.Generator())
+        >>> result["tasks"], len(result["loss"])  # before adaptation and after each of the 2 steps
+        (10, 3)
+        >>> sorted(result["loss"][-1])  # the mean query loss and its 95% confidence interval
+        ['ci95', 'mean']
     """
     losses, accuracies = task_scores(algorithm, tasks, num_tasks, inner_steps, generator, chunk)
     result: dict = {"tasks": num_tasks, "inner_steps": inner_steps}

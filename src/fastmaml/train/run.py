@@ -71,6 +71,12 @@ def train(config: cfg.TrainConfig | None, run_dir: Path, *, overwrite: bool = Fa
     SIGINT/SIGTERM save a checkpoint and raise :class:`~fastmaml.train.loop.Interrupted`.
     ``device``: with ``resume``, continue on this device instead of the saved one (a checkpoint loads on any
     device); the run's config.yaml then records it.
+
+    Example:
+        >>> config = fm.TrainConfig(iterations=2, meta_batch_size=2, eval_tasks=4, baseline_iterations=0)
+        >>> results = train(config, "runs/sinusoid", progress=False)  # a tiny run (the recipe's is 70,000 iterations)
+        >>> results["maml"]["tasks"], len(results["maml"]["loss"])  # before and after each of 10 inner steps
+        (4, 11)
     """
     run_dir = Path(run_dir)
     dist = distributed.from_env()
@@ -274,7 +280,15 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
 
 def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
                  out: str | Path | None = None) -> dict:
-    """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json`` (or ``out``)."""
+    """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json`` (or ``out``).
+
+    Example:
+        >>> config = fm.TrainConfig(iterations=2, meta_batch_size=2, eval_tasks=4, baseline_iterations=0)
+        >>> _ = train(config, "runs/sinusoid", progress=False, evaluate_at_end=False)
+        >>> results = evaluate_run("runs/sinusoid", num_tasks=8, inner_steps=1, out="runs/eval-1-step.json")
+        >>> results["maml"]["tasks"], len(results["maml"]["loss"])
+        (8, 2)
+    """
     run_dir = Path(run_dir)
     algorithm = load(run_dir)  # raises for a folder that is not a run
     config = cfg.load(run_dir / CONFIG)
