@@ -26,13 +26,16 @@ def mean_rollout(learner: MetaRL, params: Params, env, seed: int = 0) -> np.ndar
     return np.stack(path)
 
 
-def trajectories_panel(ax, learner: MetaRL, goals: list[tuple[float, float]], steps: int, seed: int) -> None:
-    """Figure 4: for each goal, the mean-action path before adaptation and after ``steps`` inner steps."""
-    from fastmaml.rl.envs import Navigation2D
+def trajectories_panel(ax, learner: MetaRL, goals: list[tuple[float, float]], steps: int, seed: int,
+                       family=None) -> None:
+    """Figure 4: for each goal, the mean-action path before adaptation and after ``steps`` inner steps, in
+    ``family``'s environments (the run's, with its action scale; default: ``Navigation2DTasks()``)."""
+    from fastmaml.rl.envs import Navigation2DTasks
 
+    family = family if family is not None else Navigation2DTasks()
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for goal, color in zip(goals, colors):
-        env = Navigation2D(goal=goal)
+        env = family.make_env({"goal": goal})
         before = mean_rollout(learner, learner.adapt(env, inner_steps=0), env)
         adapted = learner.adapt(env, inner_steps=steps, generator=torch.Generator().manual_seed(seed))
         after = mean_rollout(learner, adapted, env)
@@ -85,7 +88,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
         family = runs.build_family(config)
         test_stream = torch.Generator().manual_seed(config.seed + runs.TEST_STREAM)  # meta-test goals
         goals = [t["goal"] for t in family.sample_tasks(3, test_stream)]
-        trajectories_panel(axes[0], learner, goals, 1, seed)
+        trajectories_panel(axes[0], learner, goals, 1, seed, family)
     steps_panel(axes[-2], results)
     curve_panel(axes[-1], history)
     fig.tight_layout()
