@@ -20,14 +20,14 @@ from fixtures import miniimagenet_layout
 
 OMNIGLOT = Path(__file__).parents[2] / "shared" / "data" / "omniglot"
 RECIPES = cfg.recipe_names()
-RL = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir")
+RL = ("nav2d", "cheetah-vel", "cheetah-dir", "ant-vel", "ant-dir", "ml1-reach", "ml1-push", "ml1-pick-place", "ml10")
 SMALL = ["iterations=2", "log_every=1", "val_every=1", "val_tasks=2", "eval_tasks=3", "checkpoint_every=1",
          "threads=0"]
 EVAL_TASKS = 3
 
 
 def test_the_recipe_count():
-    assert len(RECIPES) == 15
+    assert len(RECIPES) == 19
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,8 @@ def test_recipe_smoke(recipe, tmp_path, miniimagenet, capsys):
     if recipe in RL:  # meta-RL: its own config keys (tests/test_rl_*.py)
         if recipe != "nav2d":
             pytest.importorskip("mujoco")
+        if recipe.startswith("ml"):  # Meta-World: the metaworld extra (tests/test_rl_metaworld.py)
+            pytest.importorskip("metaworld")
         overrides = ["iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=5", "policy.hidden=[4]",
                      "baseline_iterations=1", f"eval_tasks={EVAL_TASKS}", "checkpoint_every=1"]
         code = main(["train", recipe, *overrides, "--out", str(run), "--no-progress"])

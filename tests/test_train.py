@@ -125,12 +125,14 @@ def test_config_overrides_and_errors():
 def test_every_recipe_resolves():
     names = cfg.recipe_names()
     assert names == ["ant-dir", "ant-vel", "cheetah-dir", "cheetah-vel", "miniimagenet-5w1s", "miniimagenet-5w5s",
-                     "nav2d", "omniglot-20w1s", "omniglot-20w5s", "omniglot-5w1s", "omniglot-5w1s-imaml",
-                     "omniglot-5w1s-reptile", "omniglot-5w5s", "sequence-5w1s", "sinusoid"]
+                     "ml1-pick-place", "ml1-push", "ml1-reach", "ml10", "nav2d", "omniglot-20w1s", "omniglot-20w5s",
+                     "omniglot-5w1s", "omniglot-5w1s-imaml", "omniglot-5w1s-reptile", "omniglot-5w5s", "sequence-5w1s",
+                     "sinusoid"]
     from fastmaml import kinds
     from fastmaml.rl import config as rlcfg
 
-    meta_rl = {"ant-dir", "ant-vel", "cheetah-dir", "cheetah-vel", "nav2d"}
+    meta_rl = {"ant-dir", "ant-vel", "cheetah-dir", "cheetah-vel", "ml1-pick-place", "ml1-push", "ml1-reach", "ml10",
+               "nav2d"}
     for name in names:  # each kind (kinds.KINDS) resolves its recipes into its own config
         kind = kinds.of_recipe(name)
         assert kind.NAME == ("rl" if name in meta_rl else "supervised")

@@ -33,7 +33,8 @@ from fastmaml.train.loop import LoopState, StopRequest, check_finite, run_loop
 log = logging.getLogger(__name__)
 RATES, SOURCE = "inner_lr or max_kl/outer_lr", "the env's rewards"  # what a non-finite update names
 LOCOMOTION = {"half-cheetah-vel": "locomotion:HalfCheetahVel", "half-cheetah-dir": "locomotion:HalfCheetahDir",
-              "ant-vel": "ant:AntVel", "ant-dir": "ant:AntDir"}  # fastmaml.rl.<module>:<family>
+              "ant-vel": "ant:AntVel", "ant-dir": "ant:AntDir",
+              "ml1": "metaworld:ML1", "ml10": "metaworld:ML10"}  # fastmaml.rl.<module>:<family>
 TEST_STREAM = 1_000_003  # meta-test tasks come from seed + this: a stream no training run draws from
 
 

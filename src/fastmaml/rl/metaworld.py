@@ -1,0 +1,202 @@
+"""Meta-World (Yu et al. 2019, arXiv:1910.10897) as task families: ML1 (one manipulation skill, the goal and
+object positions vary) and ML10 (ten skills to meta-train on, five new ones at meta-test), on Farama's
+``metaworld`` package (gymnasium API, the maintained ``mujoco`` bindings); the ``metaworld`` extra.
+
+The tasks are the benchmark's own: ``metaworld.ML1(name, seed)`` and ``metaworld.ML10(seed)`` build 50 goal
+variations per skill for training and, separately, for testing (ML1: the same skill, other goals; ML10: the five
+held-out skills). :meth:`sample_tasks` draws from the training set, :meth:`sample_test_tasks` (what
+``fastmaml eval`` draws from) from the test set. ``seed`` fixes the benchmark's variations (0 by default), so a
+run, its resume and its evaluation see the same ones.
+
+Episodes last ``horizon`` steps (the benchmark's ``max_path_length``, 500, by default). A Meta-World environment
+never terminates; its ``info["success"]`` says whether the task is solved at that step, and an episode counts
+as a success when it was solved at any step: what the package's own evaluation computes
+(``metaworld/evaluation.py`` ends each evaluation episode at its first success and counts it).
+
+A task runs two ways. ``make_env(task)`` is a ``gymnasium.Env`` (Meta-World's own environment with the task set,
+its episode cut at ``horizon``). :meth:`~_MetaWorldTasks.rollout`, which the sampler prefers, keeps one
+environment per task of the meta-batch and steps them in lockstep in this process, one policy evaluation per time
+step for the whole meta-batch, and returns each episode's success beside its return: no worker processes, so
+nothing to hang. It cannot batch the physics through ``mujoco.rollout`` as the locomotion families do, and would
+gain little if it did: a Meta-World step is 14% physics and 86% the benchmark's own Python (observation, contact
+scan, reward; benchmarks/metaworld_sampler.py), which is what defines the benchmark and holds the interpreter lock.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastmaml.rl._gym import gymnasium
+from fastmaml.rl.episodes import Episodes
+
+HORIZON = 500  # Meta-World's max_path_length
+SPLITS = ("train", "test")
+INSTALL = "pip install 'fastmaml[metaworld]' (in a checkout: pip install -e '.[metaworld]')"
+DIVERGED = ("the Meta-World simulation diverged (non-finite actions or observations, or a reset state); the "
+            "policy's actions are out of the model's range: lower the inner or outer step size")
+
+
+def _metaworld():
+    try:
+        import metaworld
+    except ImportError:
+        raise ImportError(f"the Meta-World task families need the metaworld package (the metaworld extra): {INSTALL}") \
+            from None
+    return metaworld
+
+
+@functools.lru_cache(maxsize=4)
+def benchmark(name: str, seed: int):
+    """The benchmark ``metaworld.ML1(name, seed)`` (``name`` a skill) or ``metaworld.ML10(seed)`` (``name="ML10"``),
+    built once per process (ML10 resets each of its 15 skills 50 times to draw its goals: seconds)."""
+    metaworld = _metaworld()
+    return metaworld.ML10(seed=seed) if name == "ML10" else metaworld.ML1(name, seed=seed)
+
+
+def skill_names() -> list[str]:
+    """Every Meta-World skill ML1 accepts (``reach-v3``, ``push-v3``, ``pick-place-v3``, ...)."""
+    return list(_metaworld().ML1.ENV_NAMES)
+
+
+@dataclass(frozen=True)
+class SuccessEpisodes(Episodes):
+    """Episodes with ``success`` (tasks, N): 1.0 where the episode solved its task at some step, else 0.0."""
+
+    success: Tensor | None = None
+
+
+class _MetaWorldTasks:
+    """What ML1 and ML10 share: the benchmark's task sets, one environment per task, the lockstep rollout.
+
+    Tasks are ``{"skill": name, "split": "train" | "test", "index": i}``, ``i`` the position in the benchmark's
+    ``train_tasks`` or ``test_tasks``.
+    """
+
+    def __init__(self, name: str, horizon: int, seed: int) -> None:
+        if not 1 <= horizon <= HORIZON:
+            raise ValueError(f"horizon={horizon}; Meta-World episodes last 1 to {HORIZON} steps (its max_path_length)")
+        self.horizon, self.seed = horizon, seed
+        self.benchmark = benchmark(name, seed)
+        self._pool: dict[str, list] = {}  # per skill: environments, reused across rollouts (~0.14 s, ~20 MB each)
+
+    def tasks(self, split: str) -> list[dict]:
+        """The benchmark's whole ``split`` set, in its order."""
+        source = self.benchmark.train_tasks if split == "train" else self.benchmark.test_tasks
+        return [{"skill": task.env_name, "split": split, "index": i} for i, task in enumerate(source)]
+
+    def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
+        """``n`` training tasks: distinct while ``n`` is at most the set's size, uniform with replacement beyond."""
+        return self._draw("train", n, generator)
+
+    def sample_test_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
+        """``n`` meta-test tasks, drawn as :meth:`sample_tasks` draws, from the benchmark's test set."""
+        return self._draw("test", n, generator)
+
+    def _draw(self, split: str, n: int, generator: torch.Generator) -> list[dict]:
+        pool = self.tasks(split)
+        if n <= len(pool):
+            picks = torch.randperm(len(pool), generator=generator)[:n]
+        else:
+            picks = torch.randint(0, len(pool), (n,), generator=generator)
+        return [pool[i] for i in picks.tolist()]
+
+    def _task(self, task: dict):
+        source = self.benchmark.train_tasks if task["split"] == "train" else self.benchmark.test_tasks
+        return source[task["index"]]
+
+    def _classes(self, split: str) -> dict:
+        return self.benchmark.train_classes if split == "train" else self.benchmark.test_classes
+
+    def make_env(self, task: dict):
+        """Meta-World's environment with ``task`` set, its episodes cut at ``horizon`` steps."""
+        env = self._classes(task["split"])[task["skill"]]()
+        env.set_task(self._task(task))
+        return gymnasium().wrappers.TimeLimit(env, self.horizon)
+
+    def _envs(self, tasks: list[dict]) -> list:
+        """An environment of each task's skill with the task set, reusing those built for earlier rollouts."""
+        envs, used = [], {}
+        for task in tasks:
+            k = used[task["skill"]] = used.get(task["skill"], -1) + 1
+            pool = self._pool.setdefault(task["skill"], [])
+            if k == len(pool):
+                pool.append(self._classes(task["split"])[task["skill"]]())
+            env = pool[k]
+            env.set_task(self._task(task))
+            envs.append(env)
+        return envs
+
+    def rollout(self, act, tasks: list[dict], trajectories: int, horizon: int, dtype: torch.dtype = torch.float32,
+                generator: torch.Generator | None = None) -> SuccessEpisodes:
+        """``trajectories`` episodes of ``horizon`` steps for every task: one environment per task, every task
+        stepped in lockstep, its trajectories one after another; ``act(obs (tasks, 1, 39))`` returns the actions
+        and the policy output behind them. A Meta-World reset is deterministic given the task, so ``generator``
+        (the sampler's) is not needed here."""
+        envs = self._envs(tasks)
+        runs, successes = [], []
+        for _ in range(trajectories):
+            episodes, success = self._episode(envs, act, horizon, dtype)
+            runs.append(episodes)
+            successes.append(success)
+        joined = Episodes.cat(runs, dim=1)
+        return SuccessEpisodes(**{f.name: getattr(joined, f.name) for f in fields(Episodes)},
+                               success=torch.cat(successes, 1))
+
+    def _episode(self, envs: list, act, horizon: int, dtype: torch.dtype) -> tuple[Episodes, Tensor]:
+        obs = np.stack([env.reset()[0] for env in envs])  # (tasks, 39)
+        solved = np.zeros(len(envs), dtype=bool)
+        ones = torch.ones(len(envs), 1, dtype=dtype)  # no termination: every step counts
+        steps = []
+        for _ in range(horizon):
+            obs_t = torch.tensor(obs, dtype=dtype).view(len(envs), 1, -1)  # a copy: obs is written below
+            actions, output = act(obs_t)
+            chosen = actions.detach().double().numpy().reshape(len(envs), -1)
+            if not np.isfinite(chosen).all():  # before MuJoCo sees them: it would warn and reset
+                raise ValueError(DIVERGED)
+            applied = np.clip(chosen, -1.0, 1.0)  # the policy's log-prob is of the raw sample
+            rewards = np.empty(len(envs))
+            for i, env in enumerate(envs):
+                before = env.data.time
+                obs[i], rewards[i], _, _, info = env.step(applied[i])
+                # MuJoCo resets an unstable simulation, which resets its clock
+                if env.data.time <= before or not np.isfinite(obs[i]).all():
+                    raise ValueError(DIVERGED)
+                solved[i] |= bool(info["success"])
+            steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(-1, 1), ones, output))
+        return Episodes.from_steps(steps), torch.as_tensor(solved, dtype=dtype).view(-1, 1)
+
+
+def _skill(name: str) -> str:
+    """``reach``, ``reach-v3`` -> ``reach-v3``; an unknown skill is a one-line error listing the valid ones."""
+    valid = skill_names()
+    full = name if name.endswith("-v3") else f"{name}-v3"
+    if full not in valid:
+        short = ", ".join(v.removesuffix("-v3") for v in valid)
+        raise ValueError(f"task={name!r} is not a Meta-World skill; use one of {short}")
+    return full
+
+
+class ML1(_MetaWorldTasks):
+    """ML1: one skill (``task``: ``reach``, ``push``, ``pick-place``, or any Meta-World skill), 50 goal
+    variations to meta-train on and 50 other ones to meta-test on.
+
+    Example:
+        >>> family = ML1("reach", horizon=20)  # doctest: +SKIP
+        >>> family.sample_tasks(2, torch.Generator().manual_seed(0))[0]["skill"]  # doctest: +SKIP
+        'reach-v3'
+    """
+
+    def __init__(self, task: str = "pick-place", horizon: int = HORIZON, seed: int = 0) -> None:
+        super().__init__(_skill(task), horizon, seed)
+
+
+class ML10(_MetaWorldTasks):
+    """ML10: 10 skills to meta-train on (50 goal variations each), 5 held-out skills to meta-test on."""
+
+    def __init__(self, horizon: int = HORIZON, seed: int = 0) -> None:
+        super().__init__("ML10", horizon, seed)

@@ -1,0 +1,193 @@
+"""Meta-World's task families (fastmaml.rl.metaworld): the benchmark's own task sets, the lockstep sampler against
+gymnasium-stepped environments, success read from ``info["success"]``, bad input, a two-iteration ml1-reach run
+whose evaluation reports success beside return. Skipped where the metaworld extra is not installed, except what
+needs no Meta-World (its missing-package error, the evaluation's generic success rows)."""
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+
+from fastmaml.cli import main  # noqa: E402
+from fastmaml.rl import metaworld as mw  # noqa: E402
+from fastmaml.rl.evaluate import evaluate, format_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def metaworld():
+    return pytest.importorskip("metaworld")
+
+
+@pytest.fixture(scope="module")
+def reach(metaworld):
+    return mw.ML1("reach", horizon=15)
+
+
+def scripted(actions: np.ndarray):
+    """``act`` replaying ``actions`` (T, tasks, 4); the output is a dummy Gaussian."""
+    t = iter(range(len(actions)))
+
+    def act(obs):
+        a = torch.as_tensor(actions[next(t)], dtype=obs.dtype).view(obs.shape[0], 1, 4)
+        return a, (torch.zeros_like(a), torch.zeros_like(a))
+
+    return act
+
+
+def rand_vecs(tasks) -> list[bytes]:
+    """What makes a Meta-World task: the goal and object positions (``rand_vec``) it was drawn with."""
+    return [pickle.loads(task.data)["rand_vec"].tobytes() for task in tasks]
+
+
+def test_ml1_task_sets_are_the_benchmark_s_and_disjoint(metaworld, reach):
+    """50 training and 50 test goals, exactly ``metaworld.ML1("reach-v3", seed=0)``'s, none shared; the training
+    draw takes only training tasks (distinct ones), the meta-test draw only test tasks."""
+    own = metaworld.ML1("reach-v3", seed=0)
+    train, test = reach.tasks("train"), reach.tasks("test")
+    assert len(train) == len(test) == 50
+    assert rand_vecs(reach._task(t) for t in train) == rand_vecs(own.train_tasks)
+    assert rand_vecs(reach._task(t) for t in test) == rand_vecs(own.test_tasks)
+    assert not set(rand_vecs(own.train_tasks)) & set(rand_vecs(own.test_tasks))
+    drawn = reach.sample_tasks(20, torch.Generator().manual_seed(0))
+    assert {t["split"] for t in drawn} == {"train"} and len({t["index"] for t in drawn}) == 20
+    assert {t["split"] for t in reach.sample_test_tasks(50, torch.Generator().manual_seed(0))} == {"test"}
+    assert drawn == reach.sample_tasks(20, torch.Generator().manual_seed(0))  # the seed decides
+
+
+def test_ml10_meta_tests_on_five_new_skills(metaworld):
+    family = mw.ML10(horizon=5)
+    train = {t["skill"] for t in family.tasks("train")}
+    test = {t["skill"] for t in family.tasks("test")}
+    assert train == set(metaworld.env_dict.ML10_V3["train"]) and len(train) == 10
+    assert test == {"drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3"}
+    assert not train & test
+    tasks = family.sample_test_tasks(2, torch.Generator().manual_seed(0))
+    episodes = family.rollout(scripted(np.zeros((5, 2, 4))), tasks, 1, 5, torch.float64)
+    assert episodes.observations.shape == (2, 1, 5, 39) and episodes.success.shape == (2, 1)
+
+
+def test_the_lockstep_sampler_is_gymnasium_s_meta_world(reach):
+    """Same tasks and actions (beyond the bounds: clipped): the sampler's observations, rewards and success are
+    those of ``make_env(task)`` stepped through gymnasium, bit for bit, trajectory after trajectory."""
+    tasks = reach.sample_tasks(2, torch.Generator().manual_seed(1))
+    steps, trajectories = 15, 2
+    actions = np.random.default_rng(0).uniform(-1.5, 1.5, (trajectories * steps, 2, 4))
+    episodes = reach.rollout(scripted(actions), tasks, trajectories, steps, torch.float64)
+    assert episodes.observations.shape == (2, trajectories, steps, 39)
+    assert bool((episodes.mask == 1).all())
+    for i, task in enumerate(tasks):
+        env = reach.make_env(task)
+        for j in range(trajectories):
+            obs, _ = env.reset(seed=0)
+            solved = False
+            for t in range(steps):
+                assert np.array_equal(episodes.observations[i, j, t].numpy(), obs), (i, j, t)
+                obs, reward, terminated, truncated, info = env.step(np.clip(actions[j * steps + t, i], -1, 1))
+                assert reward == episodes.rewards[i, j, t].item() and not terminated
+                solved |= bool(info["success"])
+            assert truncated  # the episode ends at the family's horizon
+            assert episodes.success[i, j].item() == float(solved)
+
+
+def test_success_is_reached_at_any_step(metaworld, reach):
+    """A hand driven at the goal solves reach; random actions do not: the episode's success is whether
+    ``info["success"]`` was true at some step, as gymnasium stepping reads it."""
+    family = mw.ML1("reach", horizon=60)
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(2))
+    envs = [family.make_env(t) for t in tasks]
+    goals = torch.tensor(np.stack([env.reset()[0] is not None and env.unwrapped._target_pos for env in envs]))
+
+    def to_goal(obs):  # the scripted reach policy's move, toward the goal the observation hides
+        delta = (5 * (goals.view(2, 1, 3) - obs[..., :3])).clamp(-1, 1)
+        a = torch.cat([delta, torch.zeros(2, 1, 1, dtype=obs.dtype)], -1)
+        return a, (torch.zeros_like(a), torch.zeros_like(a))
+
+    assert family.rollout(to_goal, tasks, 1, 60, torch.float64).success.flatten().tolist() == [1.0, 1.0]
+    still = family.rollout(scripted(np.zeros((15, 2, 4))), tasks, 1, 15, torch.float64)
+    assert still.success.flatten().tolist() == [0.0, 0.0]
+
+
+def test_evaluation_reports_success_only_where_the_family_does():
+    """A family whose episodes carry ``success``: a success rate per inner step beside the return, and rows
+    in the table; a family without (2D navigation): the table and results as before."""
+    from fastmaml.rl import GaussianPolicy, MetaRL
+    from fastmaml.rl.envs import Navigation2DTasks
+
+    class Solved(Navigation2DTasks):  # success: the episode ends within 0.2 of its goal
+        def rollout(self, act, tasks, trajectories, horizon, dtype=torch.float32, generator=None):
+            episodes = super().rollout(act, tasks, trajectories, horizon, dtype, generator)
+            near = (-episodes.rewards[..., -1] < 0.2).to(dtype)
+            return mw.SuccessEpisodes(*(getattr(episodes, f) for f in ("observations", "actions", "rewards",
+                                                                         "mask", "outputs")), success=near)
+
+    torch.manual_seed(0)
+    learner = MetaRL(GaussianPolicy(2, 2, (8,)), trajectories=2, horizon=5)
+    results = evaluate({"maml": learner}, Solved(horizon=5), 3, 1, seed=0)
+    assert [r["steps"] for r in results["maml"]["success"]] == [0, 1]
+    assert all(0 <= r["mean"] <= 1 for r in results["maml"]["success"])
+    assert "maml success %" in format_table(results)
+    plain = evaluate({"maml": learner}, Navigation2DTasks(horizon=5), 3, 1, seed=0)
+    assert "success" not in plain["maml"] and "success" not in format_table(plain)
+
+
+def test_a_missing_metaworld_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # as if the extra were not installed
+    mw.benchmark.cache_clear()
+    with pytest.raises(ImportError, match=r"metaworld extra\): pip install 'fastmaml\[metaworld\]'"):
+        mw.ML1("reach")
+    run = tmp_path / "run"
+    assert main(["train", "ml1-reach", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pip install 'fastmaml[metaworld]'" in err
+    assert not run.exists()
+    mw.benchmark.cache_clear()
+
+
+def test_bad_input_is_one_line_naming_the_fix(reach):
+    with pytest.raises(ValueError, match="not a Meta-World skill; use one of .*pick-place.*push.*reach"):
+        mw.ML1("pick-and-place")
+    with pytest.raises(ValueError, match="horizon=501; Meta-World episodes last 1 to 500"):
+        mw.ML1("reach", horizon=501)
+    tasks = reach.sample_tasks(1, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="diverged.*lower the inner or outer step size"):
+        reach.rollout(scripted(np.full((2, 1, 4), np.nan)), tasks, 1, 2, torch.float64)
+
+
+def test_ml1_reach_recipe_two_iterations_then_a_diverging_run(metaworld, tmp_path, monkeypatch, capsys):
+    """The recipe trains, checkpoints and evaluates: success rates in [0, 1] per inner step beside the returns,
+    on the benchmark's test goals. A run whose actions turn non-finite at its third iteration: one line, exit 2,
+    the checkpoint of iteration 2 left as it was."""
+    run = tmp_path / "run"
+    small = ["iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=20", "policy.hidden=[8]",
+             "baseline_iterations=1", "eval_tasks=2", "eval_inner_steps=1", "checkpoint_every=1"]
+    assert main(["train", "ml1-reach", *small, "--out", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    results = json.loads((run / "eval.json").read_text())
+    for name in ("maml", "pretrained", "random"):
+        assert [r["steps"] for r in results[name]["success"]] == [0, 1]
+        assert all(0 <= r["mean"] <= 1 for r in results[name]["success"])
+        assert f"{name} success %" in out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
+
+    original, calls = mw._MetaWorldTasks.rollout, {"n": 0}
+
+    def rollout(self, act, *args, **kwargs):
+        calls["n"] += 1  # two rollouts per meta-iteration: before and after adaptation
+        if calls["n"] > 4:
+            def act(obs, act=act):
+                actions, output = act(obs)
+                return actions * float("nan"), output
+        return original(self, act, *args, **kwargs)
+
+    monkeypatch.setattr(mw._MetaWorldTasks, "rollout", rollout)
+    run = tmp_path / "diverging"
+    small[0] = "iterations=5"
+    assert main(["train", "ml1-reach", *small, "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "diverged" in err and "Traceback" not in err
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
