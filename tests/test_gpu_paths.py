@@ -113,6 +113,11 @@ def test_out_of_memory_at_one_task_is_a_one_line_error(monkeypatch):
         maml.outer_loss(batch)
     message = str(error.value)
     assert "\n" not in message and "lower meta_batch_size" in message and "one task at a time" in message
+    # in training, the error names the checkpoint it left intact
+    with pytest.raises(OutOfMemory, match=r"one task at a time.*the last checkpoint \(iteration 2\) is intact"):
+        meta_train(maml, torch.optim.Adam(maml.parameters()), fm.Sinusoid(), torch.Generator(), iterations=5,
+                   meta_batch_size=4, progress=False, checkpoint=lambda state: None, checkpoint_every=2,
+                   state=train_loop.LoopState(iteration=2))
 
 
 def _omniglot_like(classes=12, per_class=4):

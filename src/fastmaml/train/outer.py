@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastmaml.errors import OutOfMemory
 from fastmaml.tasks.batch import TaskBatch
 from fastmaml.train.checkpoint import random_state, restore_random_state, save_atomic
 from fastmaml.train.distributed import Context
@@ -120,7 +121,11 @@ class OuterSteps:
         batch = self.dist.shard(full).to(device=self.device, dtype=self.dtype, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         buffers = self.dist.snapshot_buffers(self.algorithm)
-        loss = self.step_fn(batch)
+        try:
+            loss = self.step_fn(batch)
+        except OutOfMemory as error:  # nothing of this step reached the weights or a checkpoint: say so
+            error.args = (f"{error}{kept}",)
+            raise
         self.dist.allreduce_buffers(self.algorithm, buffers, len(batch), self.meta_batch_size)
         # the decisions to stop ride with the gradients, so every rank makes the same ones
         loss, (stopping, out_of_time) = self.dist.allreduce_grads(self.params, loss, (stopping, out_of_time))
