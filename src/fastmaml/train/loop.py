@@ -170,9 +170,8 @@ def run_loop(
     Every ``log_every`` iterations (and at the last) a log line is due: the new metrics lines join
     ``state.history``, ``on_log(state, last)`` may add to the last one (validation), then they are appended to
     ``metrics_path`` (JSON lines; a run folder's metrics.jsonl) and written as TensorBoard scalars through
-    ``writer``. Every
-    ``checkpoint_every`` iterations, and when ``stop`` reports a signal, ``checkpoint(state)`` is called; after
-    a signal the loop raises :class:`Interrupted`. Only the process that writes passes ``metrics_path``,
+    ``writer``. Every ``checkpoint_every`` iterations, and when ``stop`` reports a signal, ``checkpoint(state)``
+    is called; after a signal the loop raises :class:`Interrupted`. Only the process that writes passes ``metrics_path``,
     ``writer``, ``checkpoint`` and ``progress``.
     """
     bar = Progress(iterations, state.iteration, progress)
