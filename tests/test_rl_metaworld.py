@@ -151,7 +151,7 @@ def test_a_missing_metaworld_is_one_line_naming_the_extra(monkeypatch, tmp_path,
 def test_bad_input_is_one_line_naming_the_fix(reach):
     with pytest.raises(ValueError, match="not a Meta-World skill; use one of .*pick-place.*push.*reach"):
         mw.ML1("pick-and-place")
-    with pytest.raises(ValueError, match="horizon=501; Meta-World episodes last 1 to 500"):
+    with pytest.raises(ValueError, match=r"horizon=501; use 1 to 500 steps \(Meta-World's max_path_length\)"):
         mw.ML1("reach", horizon=501)
     tasks = reach.sample_tasks(1, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="diverged.*lower the inner or outer step size"):

@@ -18,8 +18,8 @@ its episode cut at ``horizon``). :meth:`~_MetaWorldTasks.rollout`, which the sam
 environment per task of the meta-batch and steps them in lockstep in this process, one policy evaluation per time
 step for the whole meta-batch, and returns each episode's success beside its return: no worker processes, so
 nothing to hang. It cannot batch the physics through ``mujoco.rollout`` as the locomotion families do, and would
-gain little if it did: a Meta-World step is 14% physics and 86% the benchmark's own Python (observation, contact
-scan, reward; benchmarks/metaworld_sampler.py), which is what defines the benchmark and holds the interpreter lock.
+gain little if it did: a Meta-World step is 11-20% physics and the rest the benchmark's own Python (observation,
+contact scan, reward; benchmarks/metaworld_sampler.py), which defines the benchmark and holds the interpreter lock.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class _MetaWorldTasks:
 
     def __init__(self, name: str, horizon: int, seed: int) -> None:
         if not 1 <= horizon <= HORIZON:
-            raise ValueError(f"horizon={horizon}; Meta-World episodes last 1 to {HORIZON} steps (its max_path_length)")
+            raise ValueError(f"horizon={horizon}; use 1 to {HORIZON} steps (Meta-World's max_path_length)")
         self.horizon, self.seed = horizon, seed
         self.benchmark = benchmark(name, seed)
         self._pool: dict[str, list] = {}  # per skill: environments, reused across rollouts (~0.14 s, ~20 MB each)
@@ -186,7 +186,7 @@ class ML1(_MetaWorldTasks):
     variations to meta-train on and 50 other ones to meta-test on.
 
     Example:
-        >>> family = ML1("reach", horizon=20)  # doctest: +SKIP
+        >>> family = ML1("reach", horizon=20)  # the metaworld extra  # doctest: +SKIP
         >>> family.sample_tasks(2, torch.Generator().manual_seed(0))[0]["skill"]  # doctest: +SKIP
         'reach-v3'
     """
