@@ -125,3 +125,24 @@ def test_gae_matches_a_reverse_loop(gae_lambda):
     torch.testing.assert_close(got, expected * mask)
     if gae_lambda == 1.0:
         torch.testing.assert_close(got, (returns - values) * mask)
+
+
+def test_policy_init_glorot_is_rllabs():
+    """policy.init=glorot: Glorot-uniform weights and zero biases (rllab's MLP in the paper's code)."""
+    import math
+
+    from fastmaml.rl import config as rlcfg
+    from fastmaml.rl.policies import GaussianPolicy
+
+    torch.manual_seed(0)
+    glorot, default = GaussianPolicy(20, 6, (100, 100), init="glorot"), GaussianPolicy(20, 6, (100, 100))
+    layers = [m for m in glorot.mean if isinstance(m, torch.nn.Linear)]
+    for layer in layers:
+        bound = math.sqrt(6 / (layer.in_features + layer.out_features))
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+    assert default.mean[0].bias.abs().sum() > 0  # torch's default keeps random biases
+    with pytest.raises(ValueError, match="init='xavier'; use one of torch, glorot"):
+        GaussianPolicy(2, 2, init="xavier")
+    with pytest.raises(ValueError, match="policy.init='xavier'; use one of torch, glorot"):
+        rlcfg.resolve("nav2d", ["policy.init=xavier"])

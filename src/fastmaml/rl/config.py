@@ -18,11 +18,14 @@ INNER_RULES = ("sgd", "momentum", "adam", "meta_sgd")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The policy MLP: ``hidden`` sizes, ``activation`` (relu | tanh), initial action std (Gaussian)."""
+    """The policy MLP: ``hidden`` sizes, ``activation`` (relu | tanh), initial action std (Gaussian), and the
+    weights' ``init``: ``torch`` (nn.Linear's default) or ``glorot`` (Glorot-uniform weights, zero biases: the
+    MAML paper's rllab policies)."""
 
     hidden: tuple[int, ...] = (100, 100)
     activation: str = "relu"
     init_std: float = 1.0
+    init: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,10 @@ class RLConfig:
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"gamma={self.gamma}, gae_lambda={self.gae_lambda}; both must lie in [0, 1]")
         choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "execution": ("auto", "vmap", "loop"),
-                   "dtype": ("float32", "float64"), "policy.activation": ("relu", "tanh")}
+                   "dtype": ("float32", "float64"), "policy.activation": ("relu", "tanh"),
+                   "policy.init": ("torch", "glorot")}
         for name, valid in choices.items():
-            value = self.policy.activation if name == "policy.activation" else getattr(self, name)
+            value = getattr(self.policy, name[7:]) if name.startswith("policy.") else getattr(self, name)
             if value not in valid:
                 raise ValueError(f"{name}={value!r}; use one of {', '.join(valid)}")
 

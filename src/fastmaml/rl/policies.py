@@ -15,14 +15,23 @@ from typing_extensions import TypeIs
 
 Output = Tensor | tuple[Tensor, Tensor]
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+# "torch": nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases; "glorot": Glorot-uniform
+# weights and zero biases, as rllab's MLP (lasagne's default) in the MAML paper's code (cbfinn/maml_rl).
+INITS = ("torch", "glorot")
 
 
-def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
+def _mlp(sizes: list[int], activation: str, init: str = "torch") -> nn.Sequential:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation={activation!r}; use one of {', '.join(_ACTIVATIONS)}")
+    if init not in INITS:
+        raise ValueError(f"init={init!r}; use one of {', '.join(INITS)}")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(fan_in, fan_out))
+        linear = nn.Linear(fan_in, fan_out)
+        if init == "glorot":
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(_ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
@@ -39,11 +48,11 @@ class GaussianPolicy(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: tuple[int, ...] = (100, 100),
-                 activation: str = "relu", init_std: float = 1.0) -> None:
+                 activation: str = "relu", init_std: float = 1.0, init: str = "torch") -> None:
         super().__init__()
         if init_std <= 0:
             raise ValueError(f"init_std={init_std}; the initial action standard deviation must be > 0")
-        self.mean = _mlp([obs_dim, *hidden, action_dim], activation)
+        self.mean = _mlp([obs_dim, *hidden, action_dim], activation, init)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,9 +70,9 @@ class CategoricalPolicy(nn.Module):
     """
 
     def __init__(self, obs_dim: int, actions: int, hidden: tuple[int, ...] = (100, 100),
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", init: str = "torch") -> None:
         super().__init__()
-        self.logits = _mlp([obs_dim, *hidden, actions], activation)
+        self.logits = _mlp([obs_dim, *hidden, actions], activation, init)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.logits(obs)

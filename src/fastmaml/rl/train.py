@@ -76,10 +76,11 @@ def build_learner(config: rlcfg.RLConfig, family, seed: int,
     if isinstance(env.action_space, gymnasium().spaces.Discrete):
         from fastmaml.rl.policies import CategoricalPolicy
 
-        policy = CategoricalPolicy(obs_dim, int(env.action_space.n), config.policy.hidden, config.policy.activation)
+        policy = CategoricalPolicy(obs_dim, int(env.action_space.n), config.policy.hidden, config.policy.activation,
+                                   config.policy.init)
     else:
         policy = GaussianPolicy(obs_dim, int(np.prod(env.action_space.shape)), config.policy.hidden,
-                                config.policy.activation, config.policy.init_std)
+                                config.policy.activation, config.policy.init_std, config.policy.init)
     if wrap is not None:
         policy = wrap(policy)
     learner = MetaRL(policy, config.inner_lr, config.inner_steps, config.first_order, config.gamma,
