@@ -120,7 +120,8 @@ class _MetaWorldTasks:
 
     def _envs(self, tasks: list[dict]) -> list:
         """An environment of each task's skill with the task set, reusing those built for earlier rollouts."""
-        envs, used = [], {}
+        envs: list = []
+        used: dict[str, int] = {}  # per skill: how many of its environments this batch has taken
         for task in tasks:
             k = used[task["skill"]] = used.get(task["skill"], -1) + 1
             pool = self._pool.setdefault(task["skill"], [])
