@@ -173,6 +173,11 @@ def test_ml1_reach_recipe_two_iterations_then_a_diverging_run(metaworld, tmp_pat
         assert all(0 <= r["mean"] <= 1 for r in results[name]["success"])
         assert f"{name} success %" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    # fastmaml eval on the run: the same rows, two inner steps this time
+    assert main(["eval", str(run), "--steps", "2", "--out", str(tmp_path / "eval.json")]) == 0
+    assert "maml success %" in capsys.readouterr().out
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["steps"] for r in again["maml"]["success"]] == [0, 1, 2]
 
     original, calls = mw._MetaWorldTasks.rollout, {"n": 0}
 
