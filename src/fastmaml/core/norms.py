@@ -138,4 +138,5 @@ def native_instance_norm(
     """The fused kernel with :func:`instance_norm`'s contract: input statistics never written to buffers."""
     if use_input_stats or running_mean is None or running_var is None:
         return _native_instance_norm(x, None, None, weight, bias, True, 0.0, eps)
-    return _native_instance_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+    # torch 2.4's kernel copies the statistics back even with momentum 0 (off by an ulp): give it copies
+    return _native_instance_norm(x, running_mean.clone(), running_var.clone(), weight, bias, False, 0.0, eps)
