@@ -66,6 +66,12 @@ def test_ml10_meta_tests_on_five_new_skills(metaworld):
     assert train == set(metaworld.env_dict.ML10_V3["train"]) and len(train) == 10
     assert test == {"drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3"}
     assert not train & test
+    from collections import Counter
+
+    drawn = family.sample_tasks(20, torch.Generator().manual_seed(0))  # even over the skills, as garage draws
+    assert Counter(t["skill"] for t in drawn) == {skill: 2 for skill in train}
+    assert {t["split"] for t in drawn} == {"train"}
+    assert Counter(t["skill"] for t in family.sample_test_tasks(50, torch.Generator())) == {s: 10 for s in test}
     tasks = family.sample_test_tasks(2, torch.Generator().manual_seed(0))
     episodes = family.rollout(scripted(np.zeros((5, 2, 4))), tasks, 1, 5, torch.float64)
     assert episodes.observations.shape == (2, 1, 5, 39) and episodes.success.shape == (2, 1)

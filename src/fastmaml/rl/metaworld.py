@@ -90,7 +90,8 @@ class _MetaWorldTasks:
         return [{"skill": task.env_name, "split": split, "index": i} for i, task in enumerate(source)]
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
-        """``n`` training tasks: distinct while ``n`` is at most the set's size, uniform with replacement beyond."""
+        """``n`` training tasks, spread evenly over the skills (ML10: 20 tasks are 2 of each of its 10, as
+        garage's ``MetaWorldTaskSampler`` draws them), the variations of a skill distinct while it has enough."""
         return self._draw("train", n, generator)
 
     def sample_test_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
@@ -98,12 +99,18 @@ class _MetaWorldTasks:
         return self._draw("test", n, generator)
 
     def _draw(self, split: str, n: int, generator: torch.Generator) -> list[dict]:
-        pool = self.tasks(split)
-        if n <= len(pool):
-            picks = torch.randperm(len(pool), generator=generator)[:n]
-        else:
-            picks = torch.randint(0, len(pool), (n,), generator=generator)
-        return [pool[i] for i in picks.tolist()]
+        by_skill: dict[str, list[dict]] = {}
+        for task in self.tasks(split):
+            by_skill.setdefault(task["skill"], []).append(task)
+        skills = list(by_skill)
+        turn = torch.randperm(len(skills), generator=generator).tolist()  # the skills taking the n % k extra ones
+        orders = {skill: torch.randperm(len(tasks), generator=generator).tolist() for skill, tasks in by_skill.items()}
+        drawn = []
+        for j in range(n):
+            skill = skills[turn[j % len(skills)]]
+            variations = by_skill[skill]
+            drawn.append(variations[orders[skill][(j // len(skills)) % len(variations)]])
+        return drawn
 
     def _task(self, task: dict):
         source = self.benchmark.train_tasks if task["split"] == "train" else self.benchmark.test_tasks
