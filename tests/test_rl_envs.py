@@ -146,3 +146,28 @@ def test_policy_init_glorot_is_rllabs():
         GaussianPolicy(2, 2, init="xavier")
     with pytest.raises(ValueError, match="policy.init='xavier'; use one of torch, glorot"):
         rlcfg.resolve("nav2d", ["policy.init=xavier"])
+
+
+def test_baseline_fit_on_few_steps_and_many_features():
+    """Ant's 125-number observation gives 254 features; a short batch gives a rank-deficient Gram matrix,
+    on which MKL's threaded LU solve failed at two threads. The fit must stay finite and be the ridge solution."""
+    from fastmaml.rl.baseline import features, fit_values
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        observations = torch.randn(2, 2, 15, 125, generator=g, dtype=torch.float64)
+        returns = torch.randn(2, 2, 15, generator=g, dtype=torch.float64)
+        mask = torch.ones(2, 2, 15, dtype=torch.float64)
+        mask[:, 0, 10:] = 0
+        values = fit_values(observations, returns, mask)
+    finally:
+        torch.set_num_threads(threads)
+    assert values.isfinite().all()
+    x = features(observations, mask).flatten(1, 2)
+    y = (returns * mask).flatten(1, 2).unsqueeze(-1)
+    for i in range(2):
+        gram = x[i].T @ x[i] + 1e-5 * torch.eye(x.shape[-1], dtype=torch.float64)
+        expected = (x[i] @ torch.linalg.pinv(gram) @ x[i].T @ y[i]).squeeze(-1)
+        torch.testing.assert_close(values[i].flatten(), expected, rtol=1e-6, atol=1e-6)
