@@ -21,7 +21,8 @@ The issue's goal, 2x over ``SyncVectorEnv``, is out of reach in one process. A p
 (cProfile, 10 tasks x 100 steps) puts 86% of its time in Meta-World's ``step`` and 8% in resets; fastmaml's own
 loop and the policy are the other ~5%. Of a step, MuJoCo's physics is 11% (timed) to 20% (profiled); the rest
 is the benchmark's own Python: the contact scan of ``touching_object`` (about a third of the step), scipy's
-quaternion of the object (about a sixth), the reward's tolerance functions and the observation. That Python holds the interpreter lock, so neither threads
+quaternion of the object (about a sixth), the reward's tolerance functions and the observation. That Python
+holds the interpreter lock, so neither threads
 nor MuJoCo's batched ``mujoco.rollout`` (which could take only the physics off the lock, and which the
 locomotion families use to reach 4x) can spread it over cores; only worker processes could, and they are what
 the sampler avoids. Rewriting the benchmark's reward and observation code faster would change the benchmark.
