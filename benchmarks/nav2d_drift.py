@@ -104,8 +104,15 @@ once the log-std is small: with every step at inner_lr, as ``fastmaml eval`` tak
 -37.89 at iteration 500 (-12.94 at 50, -25.69 at 150, -38.63 at 300), worse than one. The paper's own test
 (cbfinn/maml_rl ``test_maml_point.py``) takes every step after the first at half the step size; so taken
 (``--steps FOLDER --later 0.5``) the same policy gives -12.82, -11.37, -12.59 after 1, 2, 3 steps (iteration
-50: -11.22, -4.48, -4.48). The old recipe's policies did not overshoot (iteration 150: -18.57, -11.24, -11.43
-with equal steps): their saturated mean hid it.
+50: -11.22, -4.48, -4.48), though its later steps still lose ground as the log-std falls (two steps -3.47 at
+75, -6.25 at 150, -11.20 at 300). The old recipe's policies did not overshoot (iteration 150: -18.57, -11.24,
+-11.43 with equal steps): their saturated mean hid it.
+
+A floor on the log-std trades the one for the other (``--min-log-std -0.5``, projected after each outer step,
+200 iterations, the same task stream): two and three equal steps stay good (-8.70 and -7.27 at iteration 200;
+halved later steps -4.89, -4.14) and one meta-test step holds (-11.43), but the one-step training return falls
+below the unfloored run's on the same tasks, by 0.19 +- 0.14 at 26-50 growing to 1.66 +- 0.43 at 176-200
+(blocks -12.62, -12.82, -14.22, -14.43, -13.32, -14.08, -14.52): not adopted.
 """
 
 from __future__ import annotations
