@@ -154,6 +154,28 @@ def per_step(lr: float, steps: int) -> UpdateRule:
     return UpdateRule("per_step", update, learned=learned)
 
 
+def later_steps_scaled(rule: UpdateRule, scale: float) -> UpdateRule:
+    """``rule`` with the move of every step after the first scaled by ``scale`` (for SGD: a rate of
+    ``scale * lr`` after the first step), as the MAML paper's meta-RL test scripts adapt (cbfinn/maml_rl).
+
+    Example:
+        >>> rule = later_steps_scaled(sgd(0.1), 0.5)
+        >>> params, grads = {"w": torch.ones(1)}, {"w": torch.ones(1)}
+        >>> [round(rule.update(grads, rule.init(params), params, {}, step)[0]["w"].item(), 6) for step in (0, 1)]
+        [0.9, 0.95]
+    """
+    if scale == 1:
+        return rule
+
+    def update(grads: Params, state: Any, params: Params, learned: Params, step: int):
+        new, state = rule.update(grads, state, params, learned, step)
+        if step == 0:
+            return new, state
+        return {name: p + scale * (new[name] - p) for name, p in params.items()}, state
+
+    return UpdateRule(f"{rule.name} (later steps x{scale:g})", update, rule.init, rule.learned)
+
+
 def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
     """``grads`` scaled by min(1, max_norm / ||grads||), the norm taken over every tensor together.
 

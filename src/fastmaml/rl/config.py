@@ -74,6 +74,7 @@ class RLConfig:
     eval_tasks: int = 40
     eval_inner_steps: int = 3
     eval_trajectories: int = 0  # episodes per inner step at meta-test; 0: ``trajectories``
+    eval_step_scale: float = 1.0  # the move of every meta-test step after the first, relative to the first's
     baseline_iterations: int = 100
 
     @property
@@ -89,7 +90,7 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")
         for name in ("inner_steps", "iterations", "checkpoint_every", "eval_inner_steps", "baseline_iterations",
-                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories"):
+                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories", "eval_step_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 0")
         for name in ("max_kl", "outer_lr"):

@@ -268,8 +268,9 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     methods = {"maml": learner}
     if (run_dir / BASELINES).is_file():
         methods.update(baselines(run_dir, config, family))
-    for method in methods.values():  # the meta-test's adaptation batch may differ from training's
+    for method in methods.values():  # the meta-test's adaptation batch and later steps may differ from training's
         method.trajectories = config.test_trajectories
+        method.rule = rules.later_steps_scaled(method.rule, config.eval_step_scale)
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = config.eval_tasks if num_tasks is None else num_tasks
     results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM)

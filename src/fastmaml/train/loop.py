@@ -171,8 +171,8 @@ def run_loop(
     ``state.history``, ``on_log(state, last)`` may add to the last one (validation), then they are appended to
     ``metrics_path`` (JSON lines; a run folder's metrics.jsonl) and written as TensorBoard scalars through
     ``writer``. Every ``checkpoint_every`` iterations, and when ``stop`` reports a signal, ``checkpoint(state)``
-    is called; after a signal the loop raises :class:`Interrupted`. Only the process that writes passes ``metrics_path``,
-    ``writer``, ``checkpoint`` and ``progress``.
+    is called; after a signal the loop raises :class:`Interrupted`. Only the process that writes passes
+    ``metrics_path``, ``writer``, ``checkpoint`` and ``progress``.
     """
     bar = Progress(iterations, state.iteration, progress)
     deadline = time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
