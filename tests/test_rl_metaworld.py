@@ -179,6 +179,8 @@ def test_ml1_reach_recipe_two_iterations_then_a_diverging_run(metaworld, tmp_pat
         assert all(0 <= r["mean"] <= 1 for r in results[name]["success"])
         assert f"{name} success %" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= line[k] <= 1 for line in lines for k in ("success_before", "success_after"))  # logged too
     # fastmaml eval on the run: the same rows, two inner steps this time
     assert main(["eval", str(run), "--steps", "2", "--out", str(tmp_path / "eval.json")]) == 0
     assert "maml success %" in capsys.readouterr().out

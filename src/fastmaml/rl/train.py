@@ -122,9 +122,12 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
                      kept, "meta-RL update", RATES, SOURCE)
         optimizer.step()
         record = {"loss": loss.item(), "kl": kl.item()}
-    before = train[0].returns().mean().item() if train else valid.returns().mean().item()
-    return {"iteration": iteration, "return_before": before, "return_after": valid.returns().mean().item(),
-            **record, "seconds": time.perf_counter() - start}
+    first = train[0] if train else valid
+    scores = {"return_before": first.returns().mean().item(), "return_after": valid.returns().mean().item()}
+    success_before, success_after = getattr(first, "success", None), getattr(valid, "success", None)
+    if success_before is not None and success_after is not None:  # episodes that report success (Meta-World)
+        scores.update(success_before=success_before.mean().item(), success_after=success_after.mean().item())
+    return {"iteration": iteration, **scores, **record, "seconds": time.perf_counter() - start}
 
 
 def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = False, resume: bool = False,
