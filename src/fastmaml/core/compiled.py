@@ -114,6 +114,7 @@ class OuterEngine:
         self._eager_total: dict[Hashable, tuple[int, float]] = {}  # (calls, seconds) of all eager calls
         self._compiled_s: dict[Hashable, list[float]] = {}
         self._dropped: set[Hashable] = set()
+        self._conv: bool | None = None  # whether the mapper's model has a convolution (see _eligible)
         self.failed = False  # torch.compile failed once: eager from then on
         self.last_path = ""  # the path the last call took (for tests and logs)
 
@@ -250,7 +251,11 @@ class OuterEngine:
         """Whether ``compile="auto"`` considers this workload: the vmap path, and on the CPU no convolution
         (the CPU's per-task convolutions gain 7%; on a GPU the compiled Conv-4 step is several times faster)."""
         model = self.mapper.model
-        return execution == "vmap" and model is not None and (device.type != "cpu" or not has_conv(model))
+        if execution != "vmap" or model is None:
+            return False
+        if self._conv is None:  # the module is fixed: inspected once, not on every call
+            self._conv = has_conv(model)
+        return device.type != "cpu" or not self._conv
 
     def _undecided(self, key, execution: str, device: torch.device) -> bool:
         """Whether ``compile="auto"`` may still compile ``key`` (so its eager calls are timed)."""
