@@ -249,3 +249,18 @@ def test_a_gpu_run_resumes_on_the_cpu(tmp_path, capsys):
     assert "device: cpu" in config.read_text()
     assert main(["train", "--resume", str(run_dir), "inner_lr=0.5"]) == 2
     assert "only device=... may change" in capsys.readouterr().err
+
+
+def test_the_gpu_benchmark_runs_its_cpu_check_and_prints_results_rows():
+    """benchmarks/gpu.py's documented check command (the CPU, the sinusoid row) runs and prints RESULTS.md's row."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = ["benchmarks/gpu.py", "--parts", "table", "--workloads", "sinusoid", "--device", "cpu", "--iters", "3"]
+    assert " ".join(command) in (root / "benchmarks/gpu.py").read_text()
+    out = subprocess.run([sys.executable, *command, "--warmup-s", "0"], cwd=root, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = [line for line in out.stdout.splitlines() if line.startswith("| sinusoid (25 tasks, K=10), ms |")]
+    assert len(row) == 1 and "(vmap)" in row[0]
