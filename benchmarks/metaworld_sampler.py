@@ -7,25 +7,34 @@ bookkeeping (TimeLimit, order and passive checks, autoreset, batched info dicts)
 load on the machine affects both alike; the best repeat of each is reported, and a profile of one Meta-World
 step, split into MuJoCo's physics and the benchmark's own Python.
 
-    python benchmarks/metaworld_sampler.py --task pick-place --tasks 10 --horizon 500 --repeats 3
+    for task in reach push pick-place; do
+        python benchmarks/metaworld_sampler.py --task $task --tasks 20 --horizon 500 --repeats 3
+    done
 
-Measured (metaworld 3.1.1, mujoco 3.3.0, torch 2.14 CPU, one torch thread, the shared 2-core machine under
-other jobs' load; two runs of the command above):
+Measured at the commit that added fastmaml.rl.sawyer (metaworld 3.1.1, mujoco 3.3.0, torch 2.14 CPU, one torch
+thread, the shared 2-core machine with two training runs on it; 20 tasks, the recipes' meta-batch):
 
-    ML1 pick-place, 10 tasks x 500 steps, best of 3
-    fastmaml lockstep sampler   1,835 steps/s     (the other run: 1,744)
-    gymnasium SyncVectorEnv     1,848 steps/s     (1,854)   -> 1.0x (0.9x)
-    one pick-place step: 490 us, of which physics (5 mj_step) 54 us (11%), the rest Meta-World's Python
+    ML1 reach, 20 tasks x 500 steps, best of 3
+    fastmaml lockstep sampler   8,914 steps/s
+    gymnasium SyncVectorEnv     4,527 steps/s   (2.0x)
+    one reach step: 186 us, of which physics (5 mj_step) 69 us (37%), the rest Meta-World's Python
+    ML1 push, 20 tasks x 500 steps, best of 3
+    fastmaml lockstep sampler   9,833 steps/s
+    gymnasium SyncVectorEnv     1,984 steps/s   (5.0x)
+    one push step: 433 us, of which physics (5 mj_step) 46 us (11%), the rest Meta-World's Python
+    ML1 pick-place, 20 tasks x 500 steps, best of 3
+    fastmaml lockstep sampler   10,091 steps/s
+    gymnasium SyncVectorEnv     2,003 steps/s   (5.0x)
+    one pick-place step: 431 us, of which physics (5 mj_step) 52 us (12%), the rest Meta-World's Python
 
-The issue's goal, 2x over ``SyncVectorEnv``, is out of reach in one process. A profile of the lockstep sampler
-(cProfile, 10 tasks x 100 steps) puts 86% of its time in Meta-World's ``step`` and 8% in resets; fastmaml's own
-loop and the policy are the other ~5%. Of a step, MuJoCo's physics is 11% (timed) to 20% (profiled); the rest
-is the benchmark's own Python: the contact scan of ``touching_object`` (about a third of the step), scipy's
-quaternion of the object (about a sixth), the reward's tolerance functions and the observation. That Python
-holds the interpreter lock, so neither threads
-nor MuJoCo's batched ``mujoco.rollout`` (which could take only the physics off the lock, and which the
-locomotion families use to reach 4x) can spread it over cores; only worker processes could, and they are what
-the sampler avoids. Rewriting the benchmark's reward and observation code faster would change the benchmark.
+Before fastmaml.rl.sawyer the lockstep sampler called each environment's ``step`` and ran at gymnasium's speed
+(pick-place, 10 tasks: 1,835 against 1,848 steps/s): a Meta-World step is mostly the benchmark's own Python (the
+contact scan of ``touching_object`` for an ``info`` entry the sampler never reads, about a third; scipy's
+quaternion, a sixth; the reward's scalar numpy). The batched step computes the same observations, rewards and
+success over all of a skill's environments at once (tests/test_rl_metaworld.py: equal to 1e-12), so the
+sampler's time is now mostly MuJoCo's physics (a cProfile of reach: ``mj_step`` 60 %, ``mj_forward`` 10 %,
+resets 9 %, fastmaml's Python and the policy the rest). Reach gains least: its own step has no contact scan and
+a one-term reward.
 """
 
 from __future__ import annotations

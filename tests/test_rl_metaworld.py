@@ -100,6 +100,60 @@ def test_the_lockstep_sampler_is_gymnasium_s_meta_world(reach):
             assert episodes.success[i, j].item() == float(solved)
 
 
+@pytest.mark.filterwarnings("ignore:Constant")  # the scripted policies say their gains saturate the actions
+@pytest.mark.parametrize("skill", ["reach", "push", "pick-place"])
+def test_the_batched_step_is_meta_world_s_step(metaworld, skill):
+    """fastmaml.rl.sawyer's batched observation, reward and success against Meta-World's own ``env.step``, from the
+    same reset with the same actions: the benchmark's scripted policy for the skill plus noise, so the episodes
+    reach, grasp, lift and succeed and every branch of the reward is taken."""
+    from metaworld import policies
+
+    from fastmaml.rl.sawyer import Lockstep
+
+    scripted_policy = {"reach": policies.SawyerReachV3Policy, "push": policies.SawyerPushV3Policy,
+                       "pick-place": policies.SawyerPickPlaceV3Policy}[skill]()
+    family = mw.ML1(skill)
+    tasks = family.sample_tasks(6, torch.Generator().manual_seed(1))
+    own = [family.make_env(t).unwrapped for t in tasks]
+    lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
+    assert list(lockstep.groups) == [f"{skill}-v3"] and not lockstep.others
+    obs = np.stack([env.reset()[0] for env in own])
+    assert np.array_equal(lockstep.reset(), obs)
+    goals = np.stack([env._target_pos for env in own])  # hidden from the observation (ML1), given to the script
+    noise, solved = np.random.default_rng(0), np.zeros(len(tasks))
+    for _ in range(150):
+        seen = np.concatenate([obs[:, :-3], goals], axis=1)
+        actions = np.stack([scripted_policy.get_action(o) for o in seen]) + noise.normal(0, 0.3, (len(tasks), 4))
+        actions = np.clip(actions, -1, 1)
+        steps = [env.step(a) for env, a in zip(own, actions)]
+        obs = np.stack([s[0] for s in steps])
+        batched_obs, rewards, success = lockstep.step(actions)
+        np.testing.assert_allclose(batched_obs, obs, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
+        solved += success
+    assert (solved > 0).sum() >= 3  # the noisy script solves most goals within 150 steps
+
+
+def test_the_batched_step_leaves_other_skills_to_meta_world(metaworld):
+    """ML10's ten training skills in one call: reach, push and pick-place batched, the seven others through their
+    own ``env.step``, every environment as Meta-World steps it."""
+    from fastmaml.rl.sawyer import Lockstep
+
+    family = mw.ML10()
+    tasks = family.sample_tasks(10, torch.Generator().manual_seed(0))
+    own = [family.make_env(t).unwrapped for t in tasks]
+    lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
+    assert sorted(lockstep.groups) == ["pick-place-v3", "push-v3", "reach-v3"] and len(lockstep.others) == 7
+    assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
+    for actions in np.random.default_rng(0).uniform(-1, 1, (40, 10, 4)):
+        steps = [env.step(a) for env, a in zip(own, actions)]
+        obs, rewards, success = lockstep.step(actions)
+        np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
+
+
 def test_success_is_reached_at_any_step(metaworld, reach):
     """A hand driven at the goal solves reach; random actions do not: the episode's success is whether
     ``info["success"]`` was true at some step, as gymnasium stepping reads it."""

@@ -17,9 +17,9 @@ A task runs two ways. ``make_env(task)`` is a ``gymnasium.Env`` (Meta-World's ow
 its episode cut at ``horizon``). :meth:`~_MetaWorldTasks.rollout`, which the sampler prefers, keeps one
 environment per task of the meta-batch and steps them in lockstep in this process, one policy evaluation per time
 step for the whole meta-batch, and returns each episode's success beside its return: no worker processes, so
-nothing to hang. It cannot batch the physics through ``mujoco.rollout`` as the locomotion families do, and would
-gain little if it did: a Meta-World step is 11-20% physics and the rest the benchmark's own Python (observation,
-contact scan, reward; benchmarks/metaworld_sampler.py), which defines the benchmark and holds the interpreter lock.
+nothing to hang. :class:`~fastmaml.rl.sawyer.Lockstep` steps them: reach, push and pick-place with their
+observations and rewards computed over all of a skill's environments at once (5x gymnasium's ``SyncVectorEnv``
+on push and pick-place, 2x on reach: benchmarks/metaworld_sampler.py), any other skill through its own step.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch import Tensor
 
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
+from fastmaml.rl.sawyer import Lockstep
 
 HORIZON = 500  # Meta-World's max_path_length
 SPLITS = ("train", "test")
@@ -143,38 +144,38 @@ class _MetaWorldTasks:
                 generator: torch.Generator | None = None) -> SuccessEpisodes:
         """``trajectories`` episodes of ``horizon`` steps for every task: one environment per task, every task
         stepped in lockstep, its trajectories one after another; ``act(obs (tasks, 1, 39))`` returns the actions
-        and the policy output behind them. A Meta-World reset is deterministic given the task, so ``generator``
+        and the policy output behind them (:class:`~fastmaml.rl.sawyer.Lockstep` steps the environments). A
+        Meta-World reset is deterministic given the task, so ``generator``
         (the sampler's) is not needed here."""
-        envs = self._envs(tasks)
+        lockstep = Lockstep(self._envs(tasks), [task["skill"] for task in tasks])
         runs, successes = [], []
         for _ in range(trajectories):
-            episodes, success = self._episode(envs, act, horizon, dtype)
+            episodes, success = self._episode(lockstep, act, horizon, dtype)
             runs.append(episodes)
             successes.append(success)
         joined = Episodes.cat(runs, dim=1)
         return SuccessEpisodes(**{f.name: getattr(joined, f.name) for f in fields(Episodes)},
                                success=torch.cat(successes, 1))
 
-    def _episode(self, envs: list, act, horizon: int, dtype: torch.dtype) -> tuple[Episodes, Tensor]:
-        obs = np.stack([env.reset()[0] for env in envs])  # (tasks, 39)
+    @staticmethod
+    def _episode(lockstep: Lockstep, act, horizon: int, dtype: torch.dtype) -> tuple[Episodes, Tensor]:
+        envs = lockstep.envs
+        obs = lockstep.reset()  # (tasks, 39)
         solved = np.zeros(len(envs), dtype=bool)
         ones = torch.ones(len(envs), 1, dtype=dtype)  # no termination: every step counts
         steps = []
         for _ in range(horizon):
-            obs_t = torch.tensor(obs, dtype=dtype).view(len(envs), 1, -1)  # a copy: obs is written below
+            obs_t = torch.tensor(obs, dtype=dtype).view(len(envs), 1, -1)  # a copy: obs is replaced below
             actions, output = act(obs_t)
             chosen = actions.detach().double().numpy().reshape(len(envs), -1)
             if not np.isfinite(chosen).all():  # before MuJoCo sees them: it would warn and reset
                 raise ValueError(DIVERGED)
-            applied = np.clip(chosen, -1.0, 1.0)  # the policy's log-prob is of the raw sample
-            rewards = np.empty(len(envs))
-            for i, env in enumerate(envs):
-                before = env.data.time
-                obs[i], rewards[i], _, _, info = env.step(applied[i])
-                # MuJoCo resets an unstable simulation, which resets its clock
-                if env.data.time <= before or not np.isfinite(obs[i]).all():
-                    raise ValueError(DIVERGED)
-                solved[i] |= bool(info["success"])
+            before = lockstep.times()
+            obs, rewards, success = lockstep.step(np.clip(chosen, -1.0, 1.0))  # the log-prob is of the raw sample
+            # MuJoCo resets an unstable simulation, which resets its clock
+            if (lockstep.times() <= before).any() or not np.isfinite(obs).all():
+                raise ValueError(DIVERGED)
+            solved |= success
             steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(-1, 1), ones, output))
         return Episodes.from_steps(steps), torch.as_tensor(solved, dtype=dtype).view(-1, 1)
 
