@@ -58,19 +58,20 @@ def policy_act(policy: GaussianPolicy, generator: torch.Generator):
     return act
 
 
-def lockstep(family: ML1, tasks: list[dict], policy: GaussianPolicy, horizon: int) -> float:
+def lockstep(family: ML1, tasks: list[dict], policy: GaussianPolicy, trajectories: int, horizon: int) -> float:
     start = time.perf_counter()
-    family.rollout(policy_act(policy, torch.Generator().manual_seed(0)), tasks, 1, horizon)
-    return len(tasks) * horizon / (time.perf_counter() - start)
+    family.rollout(policy_act(policy, torch.Generator().manual_seed(0)), tasks, trajectories, horizon)
+    return len(tasks) * trajectories * horizon / (time.perf_counter() - start)
 
 
-def vector(envs, policy: GaussianPolicy, horizon: int) -> float:
+def vector(envs, policy: GaussianPolicy, trajectories: int, horizon: int) -> float:
     act, start = policy_act(policy, torch.Generator().manual_seed(0)), time.perf_counter()
-    obs, _ = envs.reset()
-    for _ in range(horizon):
-        actions, _ = act(torch.as_tensor(obs, dtype=torch.float32))
-        obs, *_ = envs.step(np.clip(actions.numpy(), -1, 1))
-    return envs.num_envs * horizon / (time.perf_counter() - start)
+    for _ in range(trajectories):  # each task's episodes one after another, as the lockstep sampler runs them
+        obs, _ = envs.reset()
+        for _ in range(horizon):
+            actions, _ = act(torch.as_tensor(obs, dtype=torch.float32))
+            obs, *_ = envs.step(np.clip(actions.numpy(), -1, 1))
+    return envs.num_envs * trajectories * horizon / (time.perf_counter() - start)
 
 
 def profile_step(family: ML1, task: dict, steps: int = 500) -> tuple[float, float]:
@@ -96,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="pick-place")
     parser.add_argument("--tasks", type=int, default=10, help="the meta-batch: one environment per task")
+    parser.add_argument("--trajectories", type=int, default=10, help="episodes per task (the recipes': 10)")
     parser.add_argument("--horizon", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -112,10 +114,11 @@ def main() -> None:
     family.rollout(policy_act(policy, torch.Generator()), tasks, 1, 1)  # its environments built, as envs' are
     ours, theirs = [], []
     for _ in range(args.repeats):  # alternated: the machine's load falls on both alike
-        ours.append(lockstep(family, tasks, policy, args.horizon))
-        theirs.append(vector(envs, policy, args.horizon))
+        ours.append(lockstep(family, tasks, policy, args.trajectories, args.horizon))
+        theirs.append(vector(envs, policy, args.trajectories, args.horizon))
     whole, physics = profile_step(family, tasks[0])
-    print(f"ML1 {args.task}, {args.tasks} tasks x {args.horizon} steps, best of {args.repeats}")
+    print(f"ML1 {args.task}, {args.tasks} tasks x {args.trajectories} episodes x {args.horizon} steps, "
+          f"best of {args.repeats}")
     print(f"fastmaml lockstep sampler   {max(ours):,.0f} steps/s")
     print(f"gymnasium SyncVectorEnv     {max(theirs):,.0f} steps/s   ({max(ours) / max(theirs):.1f}x)")
     print(f"one {args.task} step: {whole * 1e6:.0f} us, of which physics (5 mj_step) {physics * 1e6:.0f} us "

@@ -121,17 +121,20 @@ def test_the_batched_step_is_meta_world_s_step(metaworld, skill):
     assert np.array_equal(lockstep.reset(), obs)
     goals = np.stack([env._target_pos for env in own])  # hidden from the observation (ML1), given to the script
     noise, solved = np.random.default_rng(0), np.zeros(len(tasks))
-    for _ in range(150):
-        seen = np.concatenate([obs[:, :-3], goals], axis=1)
-        actions = np.stack([scripted_policy.get_action(o) for o in seen]) + noise.normal(0, 0.3, (len(tasks), 4))
-        actions = np.clip(actions, -1, 1)
-        steps = [env.step(a) for env, a in zip(own, actions)]
-        obs = np.stack([s[0] for s in steps])
-        batched_obs, rewards, success = lockstep.step(actions)
-        np.testing.assert_allclose(batched_obs, obs, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
-        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
-        solved += success
+    for length in (150, 20):  # a second episode: the batched reset restores the first one's start
+        for _ in range(length):
+            seen = np.concatenate([obs[:, :-3], goals], axis=1)
+            actions = np.stack([scripted_policy.get_action(o) for o in seen]) + noise.normal(0, 0.3, (len(tasks), 4))
+            actions = np.clip(actions, -1, 1)
+            steps = [env.step(a) for env, a in zip(own, actions)]
+            obs = np.stack([s[0] for s in steps])
+            batched_obs, rewards, success = lockstep.step(actions)
+            np.testing.assert_allclose(batched_obs, obs, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+            assert success.tolist() == [bool(s[4]["success"]) for s in steps]
+            solved += success
+        obs = np.stack([env.reset()[0] for env in own])
+        assert np.array_equal(lockstep.reset(), obs)
     assert (solved > 0).sum() >= 3  # the noisy script solves most goals within 150 steps
 
 
@@ -146,7 +149,9 @@ def test_the_batched_step_leaves_other_skills_to_meta_world(metaworld):
     lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
     assert sorted(lockstep.groups) == ["pick-place-v3", "push-v3", "reach-v3"] and len(lockstep.others) == 7
     assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
-    for actions in np.random.default_rng(0).uniform(-1, 1, (40, 10, 4)):
+    for t, actions in enumerate(np.random.default_rng(0).uniform(-1, 1, (60, 10, 4))):
+        if t == 40:  # a second episode: the batched skills restore their start, the others reset
+            assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
         steps = [env.step(a) for env, a in zip(own, actions)]
         obs, rewards, success = lockstep.step(actions)
         np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)

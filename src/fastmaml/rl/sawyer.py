@@ -161,10 +161,31 @@ class Lockstep:
                 [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name) for name in _SITES],
                 mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "objGeom"))
         self._episode: dict[str, dict[str, np.ndarray]] = {}
+        self._start: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # per batched environment
 
     def reset(self) -> np.ndarray:
-        """Every environment's ``env.reset()`` observation, (envs, 39)."""
-        obs = np.stack([env.reset()[0] for env in self.envs])
+        """Every environment's ``env.reset()`` observation, (envs, 39).
+
+        A Meta-World reset is deterministic given the task and costs a fifth of a 500-step episode's physics (it
+        moves the hand to its start twice, 250 ``mj_step`` each), so a batched environment's later resets restore
+        the state the first one left (``mj_setState``: MuJoCo's whole integration state) and its observation."""
+        mujoco, spec = self._mujoco, self._mujoco.mjtState.mjSTATE_INTEGRATION
+        if self._start is None:
+            obs = np.stack([env.reset()[0] for env in self.envs])
+            self._start = {}
+            for members in self.groups.values():
+                for i in members:
+                    model, data = self.envs[i].model, self.envs[i].data
+                    state = np.empty(mujoco.mj_stateSize(model, spec))
+                    mujoco.mj_getState(model, data, state, spec)
+                    self._start[i] = (state, obs[i].copy())
+        else:
+            obs = np.empty((len(self.envs), 39))
+            for i in self.others:
+                obs[i] = self.envs[i].reset()[0]
+            for i, (state, first) in self._start.items():
+                mujoco.mj_setState(self.envs[i].model, self.envs[i].data, state, spec)
+                obs[i] = first
         for skill, members in self.groups.items():
             envs = [self.envs[i] for i in members]
             space = [env.sawyer_observation_space for env in envs]
