@@ -8,24 +8,28 @@ load on the machine affects both alike; the best repeat of each is reported, and
 step, split into MuJoCo's physics and the benchmark's own Python.
 
     for task in reach push pick-place; do
-        python benchmarks/metaworld_sampler.py --task $task --tasks 20 --horizon 500 --repeats 3
+        python benchmarks/metaworld_sampler.py --task $task --tasks 20 --trajectories 10 --horizon 500 --repeats 2
     done
 
-Measured at the commit that added fastmaml.rl.sawyer (metaworld 3.1.1, mujoco 3.3.0, torch 2.14 CPU, one torch
-thread, the shared 2-core machine with two training runs on it; 20 tasks, the recipes' meta-batch):
+Measured at commit 7015a20 (metaworld 3.1.1, mujoco 3.3.0, torch 2.14 CPU, one torch thread, the shared 2-core
+machine with two training runs on it; 20 tasks x 10 episodes, the recipes' meta-batch):
 
-    ML1 reach, 20 tasks x 500 steps, best of 3
-    fastmaml lockstep sampler   8,914 steps/s
-    gymnasium SyncVectorEnv     4,527 steps/s   (2.0x)
-    one reach step: 186 us, of which physics (5 mj_step) 69 us (37%), the rest Meta-World's Python
-    ML1 push, 20 tasks x 500 steps, best of 3
-    fastmaml lockstep sampler   9,833 steps/s
-    gymnasium SyncVectorEnv     1,984 steps/s   (5.0x)
-    one push step: 433 us, of which physics (5 mj_step) 46 us (11%), the rest Meta-World's Python
-    ML1 pick-place, 20 tasks x 500 steps, best of 3
-    fastmaml lockstep sampler   10,091 steps/s
-    gymnasium SyncVectorEnv     2,003 steps/s   (5.0x)
-    one pick-place step: 431 us, of which physics (5 mj_step) 52 us (12%), the rest Meta-World's Python
+    ML1 reach, 20 tasks x 10 episodes x 500 steps, best of 2
+    fastmaml lockstep sampler   11,742 steps/s
+    gymnasium SyncVectorEnv     4,252 steps/s   (2.8x)
+    one reach step: 216 us, of which physics (5 mj_step) 71 us (33%), the rest Meta-World's Python
+    ML1 push, 20 tasks x 10 episodes x 500 steps, best of 2
+    fastmaml lockstep sampler   11,161 steps/s
+    gymnasium SyncVectorEnv     1,745 steps/s   (6.4x)
+    one push step: 439 us, of which physics (5 mj_step) 49 us (11%), the rest Meta-World's Python
+    ML1 pick-place, 20 tasks x 10 episodes x 500 steps, best of 2
+    fastmaml lockstep sampler   10,732 steps/s
+    gymnasium SyncVectorEnv     1,708 steps/s   (6.3x)
+    one pick-place step: 524 us, of which physics (5 mj_step) 54 us (10%), the rest Meta-World's Python
+
+The same command on reach with the batched step but every reset simulated (commit 3276881's sampler):
+10,050 against 4,371 steps/s (2.3x); restoring the first reset's state saves the rest. With one episode
+per task (``--trajectories 1``, no reset to save) at 3276881: reach 2.0x, push 5.0x, pick-place 5.0x.
 
 Before fastmaml.rl.sawyer the lockstep sampler called each environment's ``step`` and ran at gymnasium's speed
 (pick-place, 10 tasks: 1,835 against 1,848 steps/s): a Meta-World step is mostly the benchmark's own Python (the

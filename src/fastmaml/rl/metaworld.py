@@ -18,8 +18,8 @@ its episode cut at ``horizon``). :meth:`~_MetaWorldTasks.rollout`, which the sam
 environment per task of the meta-batch and steps them in lockstep in this process, one policy evaluation per time
 step for the whole meta-batch, and returns each episode's success beside its return: no worker processes, so
 nothing to hang. :class:`~fastmaml.rl.sawyer.Lockstep` steps them: reach, push and pick-place with their
-observations and rewards computed over all of a skill's environments at once (5x gymnasium's ``SyncVectorEnv``
-on push and pick-place, 2x on reach: benchmarks/metaworld_sampler.py), any other skill through its own step.
+observations and rewards computed over all of a skill's environments at once (6x gymnasium's ``SyncVectorEnv``
+on push and pick-place, 2.8x on reach: benchmarks/metaworld_sampler.py), any other skill through its own step.
 """
 
 from __future__ import annotations
