@@ -8,10 +8,11 @@ each environment's own ``MjData`` (the mocap move and gripper control of ``set_x
 ``mj_step``, the forward pass that refreshes positions) and computes the observation (frame-stacked, clipped to
 the observation space) and the v2 reward and success of ``reach-v3``, ``push-v3`` and ``pick-place-v3`` once for
 all environments of a skill. It skips what the sampler never reads (the other ``info`` entries, the contact scan
-behind them). Resets stay Meta-World's own (``env.reset()``, once per episode).
+behind them). A task's first reset is Meta-World's own ``env.reset()``; its later ones restore the MuJoCo state
+that one left, since a reset is deterministic per task and costs a fifth of an episode's physics.
 
-The result is Meta-World's step to rounding: ``tests/test_metaworld.py`` steps each skill both ways from the
-same state with the same actions and compares observations, rewards and success (1e-12);
+The result is Meta-World's step to rounding: ``tests/test_rl_metaworld.py`` steps each skill both ways from the
+same state with the same actions, over two episodes, and compares observations, rewards and success (1e-12);
 ``benchmarks/metaworld_sampler.py`` measures the speed beside gymnasium's ``SyncVectorEnv``. Skills without a
 batched reward here (the other ML10 skills), or an environment built with another ``reward_function_version``,
 step through Meta-World's own ``env.step``, in the same call.
