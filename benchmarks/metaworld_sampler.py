@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10, help="the meta-batch: one environment per task")
     parser.add_argument("--trajectories", type=int, default=10, help="episodes per task (the recipes': 10)")
     parser.add_argument("--horizon", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1, help="threads for fastmaml's physics (0: every core)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     import gymnasium
@@ -110,7 +111,7 @@ def main() -> None:
     # one thread for the tiny policy: on a loaded machine torch's default threads wait on each other (an MLP
     # call of 0.1 ms took 2.4 ms with 2 threads on the shared 2-core machine), for both samplers alike
     torch.set_num_threads(1)
-    family = ML1(args.task, horizon=args.horizon)
+    family = ML1(args.task, horizon=args.horizon, threads=args.threads)
     tasks = family.sample_tasks(args.tasks, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     policy = GaussianPolicy(39, 4, (100, 100), "tanh")
@@ -123,7 +124,7 @@ def main() -> None:
     whole, physics = profile_step(family, tasks[0])
     print(f"ML1 {args.task}, {args.tasks} tasks x {args.trajectories} episodes x {args.horizon} steps, "
           f"best of {args.repeats}")
-    print(f"fastmaml lockstep sampler   {max(ours):,.0f} steps/s")
+    print(f"fastmaml lockstep sampler   {max(ours):,.0f} steps/s   ({family.threads} thread(s) for the physics)")
     print(f"gymnasium SyncVectorEnv     {max(theirs):,.0f} steps/s   ({max(ours) / max(theirs):.1f}x)")
     print(f"one {args.task} step: {whole * 1e6:.0f} us, of which physics (5 mj_step) {physics * 1e6:.0f} us "
           f"({physics / whole:.0%}), the rest Meta-World's Python")

@@ -25,6 +25,8 @@ the benchmark's code, so its caging margins use the pads' current positions.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,17 +138,24 @@ def _pick_place(s: State, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarr
 REWARDS = {"reach-v3": _reach, "push-v3": _push, "pick-place-v3": _pick_place}
 
 
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="fastmaml-sawyer")
+
+
 class Lockstep:
     """Meta-World environments stepped together: ``reset()`` then ``step(actions)`` for all of them at once.
 
     ``skills[i]`` names ``envs[i]``'s skill (``"reach-v3"``); each skill with a batched reward here is stepped as
-    one group, any other environment through its own ``env.step``.
+    one group, any other environment through its own ``env.step``. With ``threads`` > 1, a group's physics is
+    split over that many threads (one pool per process): the bindings release the interpreter lock inside
+    ``mj_step``, and each environment's simulation is its own, so the result does not depend on the threads.
     """
 
-    def __init__(self, envs: list, skills: list[str]) -> None:
+    def __init__(self, envs: list, skills: list[str], threads: int = 1) -> None:
         import mujoco
 
-        self.envs, self._mujoco = envs, mujoco
+        self.envs, self._mujoco, self.threads = envs, mujoco, threads
         self.groups: dict[str, list[int]] = {}
         self.others: list[int] = []
         for i, (env, skill) in enumerate(zip(envs, skills)):
@@ -220,26 +229,40 @@ class Lockstep:
         return obs, rewards, success
 
     def _step_group(self, skill: str, members: list[int], actions: np.ndarray):
-        mujoco, (body_ids, site_ids, geom_id) = self._mujoco, self._ids[skill]
         envs, episode = [self.envs[i] for i in members], self._episode[skill]
         n = len(envs)
-        bodies, sites, xmat = np.empty((n, len(_BODIES), 3)), np.empty((n, 2, 3)), np.empty((n, 9))
+        positions = np.empty((n, len(_BODIES), 3)), np.empty((n, 2, 3)), np.empty((n, 9))  # bodies, sites, xmat
         # SawyerXYZEnv.set_xyz_action over the group: the mocap moved by the action, clipped to the hand's range
         mocap = np.stack([env.data.mocap_pos for env in envs]) + (actions[:, :3] * episode["action_scale"])[:, None]
         mocap[:, 0] = np.clip(mocap[:, 0], episode["mocap_low"], episode["mocap_high"])
-        for k, env in enumerate(envs):  # then do_simulation and the step's mj_forward
-            data = env.data
-            data.mocap_pos[:] = mocap[k]
-            data.mocap_quat[:] = (1.0, 0.0, 1.0, 0.0)
-            data.ctrl[:] = (actions[k, -1], -actions[k, -1])
-            mujoco.mj_step(env.model, data, nstep=env.frame_skip)
-            mujoco.mj_forward(env.model, data)  # as the step does: it sets the next step's solver warm start
-            bodies[k], sites[k], xmat[k] = data.xpos[body_ids], data.site_xpos[site_ids], data.geom_xmat[geom_id]
+
+        def simulate(chunk: range) -> None:  # then do_simulation and the step's mj_forward, environment by environment
+            self._simulate(envs, chunk, mocap, actions[:, -1], self._ids[skill], positions)
+
+        if self.threads == 1 or n == 1:
+            simulate(range(n))
+        else:
+            bounds = np.linspace(0, n, min(n, self.threads) + 1).astype(int)
+            list(_pool(self.threads).map(simulate, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+        bodies, sites, xmat = positions
         obs = self._observe(bodies, sites, xmat, episode)
         state = State(bodies, (sites[:, 0] + sites[:, 1]) / 2.0, episode["target"], episode["obj_init"],
                       episode["init_tcp"], episode["hand_init"])
         rewards, success = REWARDS[skill](state, obs, actions)
         return obs, rewards, success
+
+    def _simulate(self, envs: list, chunk: range, mocap: np.ndarray, grip: np.ndarray, ids: tuple,
+                  positions: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        mujoco, (body_ids, site_ids, geom_id), (bodies, sites, xmat) = self._mujoco, ids, positions
+        for k in chunk:
+            env = envs[k]
+            data = env.data
+            data.mocap_pos[:] = mocap[k]
+            data.mocap_quat[:] = (1.0, 0.0, 1.0, 0.0)
+            data.ctrl[:] = (grip[k], -grip[k])
+            mujoco.mj_step(env.model, data, nstep=env.frame_skip)
+            mujoco.mj_forward(env.model, data)  # as the step does: it sets the next step's solver warm start
+            bodies[k], sites[k], xmat[k] = data.xpos[body_ids], data.site_xpos[site_ids], data.geom_xmat[geom_id]
 
     @staticmethod
     def _observe(bodies: np.ndarray, sites: np.ndarray, xmat: np.ndarray, episode: dict) -> np.ndarray:
