@@ -219,6 +219,8 @@ def test_bad_input_is_one_line_naming_the_fix(reach):
         mw.ML1("pick-and-place")
     with pytest.raises(ValueError, match=r"horizon=501; use 1 to 500 steps \(Meta-World's max_path_length\)"):
         mw.ML1("reach", horizon=501)
+    with pytest.raises(ValueError, match=r"threads=-1; use 0 \(every core\) or a positive count"):
+        mw.ML10(threads=-1)
     tasks = reach.sample_tasks(1, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="diverged.*lower the inner or outer step size"):
         reach.rollout(scripted(np.full((2, 1, 4), np.nan)), tasks, 1, 2, torch.float64)
