@@ -29,11 +29,11 @@ def reach(metaworld):
 
 
 def scripted(actions: np.ndarray):
-    """``act`` replaying ``actions`` (T, tasks, 4); the output is a dummy Gaussian."""
+    """``act`` replaying ``actions`` (T, tasks, 4) or (T, tasks, N, 4); the output is a dummy Gaussian."""
     t = iter(range(len(actions)))
 
     def act(obs):
-        a = torch.as_tensor(actions[next(t)], dtype=obs.dtype).view(obs.shape[0], 1, 4)
+        a = torch.as_tensor(actions[next(t)], dtype=obs.dtype).reshape(*obs.shape[:2], 4)
         return a, (torch.zeros_like(a), torch.zeros_like(a))
 
     return act
@@ -77,23 +77,31 @@ def test_ml10_meta_tests_on_five_new_skills(metaworld):
     assert episodes.observations.shape == (2, 1, 5, 39) and episodes.success.shape == (2, 1)
 
 
-def test_the_lockstep_sampler_is_gymnasium_s_meta_world(reach):
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_the_lockstep_sampler_is_gymnasium_s_meta_world(metaworld, reach, side_by_side):
     """Same tasks and actions (beyond the bounds: clipped): the sampler's observations, rewards and success are
-    those of ``make_env(task)`` stepped through gymnasium, bit for bit, trajectory after trajectory."""
-    tasks = reach.sample_tasks(2, torch.Generator().manual_seed(1))
+    those of ``make_env(task)`` stepped through gymnasium, bit for bit, with a task's trajectories side by side
+    on copies of its simulation (ML1 reach) or one after another (a skill stepped by Meta-World, in ML10)."""
+    family = reach if side_by_side else mw.ML10(horizon=15)
+    tasks = family.sample_tasks(2 if side_by_side else 10, torch.Generator().manual_seed(1))
+    if not side_by_side:  # a batched skill beside one Meta-World steps
+        tasks = [next(t for t in tasks if t["skill"] == skill) for skill in ("reach-v3", "door-open-v3")]
     steps, trajectories = 15, 2
     actions = np.random.default_rng(0).uniform(-1.5, 1.5, (trajectories * steps, 2, 4))
-    episodes = reach.rollout(scripted(actions), tasks, trajectories, steps, torch.float64)
+    # side by side, step t of trajectory j is act's call t, entry [i, j]; one after another, call j * steps + t
+    replay = actions.reshape(steps, 2, trajectories, 4) if side_by_side else actions
+    episodes = family.rollout(scripted(replay), tasks, trajectories, steps, torch.float64)
     assert episodes.observations.shape == (2, trajectories, steps, 39)
     assert bool((episodes.mask == 1).all())
     for i, task in enumerate(tasks):
-        env = reach.make_env(task)
+        env = family.make_env(task)
         for j in range(trajectories):
             obs, _ = env.reset(seed=0)
             solved = False
             for t in range(steps):
                 assert np.array_equal(episodes.observations[i, j, t].numpy(), obs), (i, j, t)
-                obs, reward, terminated, truncated, info = env.step(np.clip(actions[j * steps + t, i], -1, 1))
+                action = replay[t, i, j] if side_by_side else actions[j * steps + t, i]
+                obs, reward, terminated, truncated, info = env.step(np.clip(action, -1, 1))
                 assert reward == episodes.rewards[i, j, t].item() and not terminated
                 solved |= bool(info["success"])
             assert truncated  # the episode ends at the family's horizon

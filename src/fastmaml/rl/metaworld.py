@@ -34,7 +34,7 @@ from torch import Tensor
 
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
-from fastmaml.rl.sawyer import Lockstep
+from fastmaml.rl.sawyer import Lockstep, batched
 
 HORIZON = 500  # Meta-World's max_path_length
 SPLITS = ("train", "test")
@@ -87,7 +87,8 @@ class _MetaWorldTasks:
         self.horizon, self.seed = horizon, seed
         self.threads = threads or os.cpu_count() or 1
         self.benchmark = benchmark(name, seed)
-        self._pool: dict[str, list] = {}  # per skill: environments, reused across rollouts (~0.14 s, ~20 MB each)
+        self._pool: dict[str, list] = {}  # per skill: environments, reused across rollouts (~0.14 s, ~25 MB each)
+        self._datas: dict[int, list] = {}  # per pooled environment: copies of its simulation
 
     def tasks(self, split: str) -> list[dict]:
         """The benchmark's whole ``split`` set, in its order."""
@@ -146,32 +147,52 @@ class _MetaWorldTasks:
 
     def rollout(self, act, tasks: list[dict], trajectories: int, horizon: int, dtype: torch.dtype = torch.float32,
                 generator: torch.Generator | None = None) -> SuccessEpisodes:
-        """``trajectories`` episodes of ``horizon`` steps for every task: one environment per task, every task
-        stepped in lockstep, its trajectories one after another; ``act(obs (tasks, 1, 39))`` returns the actions
-        and the policy output behind them (:class:`~fastmaml.rl.sawyer.Lockstep` steps the environments). A
-        Meta-World reset is deterministic given the task, so ``generator``
-        (the sampler's) is not needed here."""
-        lockstep = Lockstep(self._envs(tasks), [task["skill"] for task in tasks], self.threads)
+        """``trajectories`` episodes of ``horizon`` steps for every task, every task stepped in lockstep;
+        ``act(obs (tasks, N, 39))`` returns the actions and the policy output behind them
+        (:class:`~fastmaml.rl.sawyer.Lockstep` steps the environments). Where every task's skill is batched
+        (ML1 reach, push, pick-place), a task's episodes run side by side on copies of its simulation (N =
+        ``trajectories``, one policy evaluation per step for them all); otherwise one after another (N = 1). A
+        Meta-World reset is deterministic given the task, so ``generator`` (the sampler's) is not needed here."""
+        envs, skills = self._envs(tasks), [task["skill"] for task in tasks]
+        if trajectories > 1 and all(batched(env, skill) for env, skill in zip(envs, skills)):
+            copies = [env for env in envs for _ in range(trajectories)]
+            lockstep = Lockstep(copies, [s for s in skills for _ in range(trajectories)], self.threads,
+                                datas=[data for env in envs for data in self._copies(env, trajectories)])
+            episodes, success = self._episode(lockstep, act, horizon, dtype, trajectories)
+            return SuccessEpisodes(**{f.name: getattr(episodes, f.name) for f in fields(Episodes)}, success=success)
+        lockstep = Lockstep(envs, skills, self.threads)
         runs, successes = [], []
         for _ in range(trajectories):
-            episodes, success = self._episode(lockstep, act, horizon, dtype)
+            episodes, success = self._episode(lockstep, act, horizon, dtype, 1)
             runs.append(episodes)
             successes.append(success)
         joined = Episodes.cat(runs, dim=1)
         return SuccessEpisodes(**{f.name: getattr(joined, f.name) for f in fields(Episodes)},
                                success=torch.cat(successes, 1))
 
+    def _copies(self, env, n: int) -> list:
+        """``n`` simulations of ``env``'s model, kept for later rollouts (about 0.4 MB each)."""
+        import mujoco
+
+        datas = self._datas.setdefault(id(env), [])
+        while len(datas) < n:
+            datas.append(mujoco.MjData(env.model))
+        return datas[:n]
+
     @staticmethod
-    def _episode(lockstep: Lockstep, act, horizon: int, dtype: torch.dtype) -> tuple[Episodes, Tensor]:
-        envs = lockstep.envs
-        obs = lockstep.reset()  # (tasks, 39)
-        solved = np.zeros(len(envs), dtype=bool)
-        ones = torch.ones(len(envs), 1, dtype=dtype)  # no termination: every step counts
+    def _episode(lockstep: Lockstep, act, horizon: int, dtype: torch.dtype, per_task: int
+                 ) -> tuple[Episodes, Tensor]:
+        """One episode of every entry of ``lockstep``: ``per_task`` consecutive entries per task."""
+        n = len(lockstep.envs)
+        tasks = n // per_task
+        obs = lockstep.reset()  # (tasks * per_task, 39)
+        solved = np.zeros(n, dtype=bool)
+        ones = torch.ones(tasks, per_task, dtype=dtype)  # no termination: every step counts
         steps = []
         for _ in range(horizon):
-            obs_t = torch.tensor(obs, dtype=dtype).view(len(envs), 1, -1)  # a copy: obs is replaced below
+            obs_t = torch.tensor(obs, dtype=dtype).view(tasks, per_task, -1)  # a copy: obs is replaced below
             actions, output = act(obs_t)
-            chosen = actions.detach().double().numpy().reshape(len(envs), -1)
+            chosen = actions.detach().double().numpy().reshape(n, -1)
             if not np.isfinite(chosen).all():  # before MuJoCo sees them: it would warn and reset
                 raise ValueError(DIVERGED)
             before = lockstep.times()
@@ -180,8 +201,8 @@ class _MetaWorldTasks:
             if (lockstep.times() <= before).any() or not np.isfinite(obs).all():
                 raise ValueError(DIVERGED)
             solved |= success
-            steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(-1, 1), ones, output))
-        return Episodes.from_steps(steps), torch.as_tensor(solved, dtype=dtype).view(-1, 1)
+            steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(tasks, per_task), ones, output))
+        return Episodes.from_steps(steps), torch.as_tensor(solved, dtype=dtype).view(tasks, per_task)
 
 
 def _skill(name: str) -> str:

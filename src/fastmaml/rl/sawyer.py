@@ -143,6 +143,12 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="fastmaml-sawyer")
 
 
+def batched(env, skill: str) -> bool:
+    """Whether :class:`Lockstep` computes ``skill``'s observations and rewards itself (reach, push, pick-place
+    with Meta-World's v2 rewards, the default), rather than calling ``env.step``."""
+    return skill in REWARDS and getattr(env, "reward_function_version", None) == "v2"
+
+
 class Lockstep:
     """Meta-World environments stepped together: ``reset()`` then ``step(actions)`` for all of them at once.
 
@@ -150,19 +156,27 @@ class Lockstep:
     one group, any other environment through its own ``env.step``. With ``threads`` > 1, a group's physics is
     split over that many threads (one pool per process): the bindings release the interpreter lock inside
     ``mj_step``, and each environment's simulation is its own, so the result does not depend on the threads.
+
+    ``datas``, when given, is the ``MjData`` each entry simulates in place of ``envs[i].data``: an environment
+    may then appear several times, each time with its own copy of the simulation (a task's episodes side by
+    side; every skill must be batched). The environment's own reset sets each copy's start.
     """
 
-    def __init__(self, envs: list, skills: list[str], threads: int = 1) -> None:
+    def __init__(self, envs: list, skills: list[str], threads: int = 1, datas: list | None = None) -> None:
         import mujoco
 
         self.envs, self._mujoco, self.threads = envs, mujoco, threads
+        self.datas = [env.data for env in envs] if datas is None else datas
         self.groups: dict[str, list[int]] = {}
         self.others: list[int] = []
         for i, (env, skill) in enumerate(zip(envs, skills)):
-            if skill in REWARDS and getattr(env, "reward_function_version", None) == "v2":
+            if batched(env, skill):
                 self.groups.setdefault(skill, []).append(i)
             else:
                 self.others.append(i)
+        if datas is not None and self.others:
+            raise ValueError(f"{skills[self.others[0]]} steps through Meta-World's env.step, which simulates the "
+                             "environment's own data; give datas only for reach, push and pick-place")
         self._ids = {}
         for skill, members in self.groups.items():
             m = envs[members[0]].model  # one XML per skill: the same names and ids in every copy
@@ -171,31 +185,33 @@ class Lockstep:
                 [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SITE, name) for name in _SITES],
                 mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "objGeom"))
         self._episode: dict[str, dict[str, np.ndarray]] = {}
-        self._start: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # per batched environment
+        self._start: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # per batched entry
 
     def reset(self) -> np.ndarray:
         """Every environment's ``env.reset()`` observation, (envs, 39).
 
         A Meta-World reset is deterministic given the task and costs a fifth of a 500-step episode's physics (it
-        moves the hand to its start twice, 250 ``mj_step`` each), so a batched environment's later resets restore
-        the state the first one left (``mj_setState``: MuJoCo's whole integration state) and its observation."""
+        moves the hand to its start twice, 250 ``mj_step`` each), so a batched environment is reset once (once
+        for all its copies) and its later resets restore the state that one left (``mj_setState``: MuJoCo's
+        whole integration state) and its observation."""
         mujoco, spec = self._mujoco, self._mujoco.mjtState.mjSTATE_INTEGRATION
+        obs = np.empty((len(self.envs), 39))
+        for i in self.others:
+            obs[i] = self.envs[i].reset()[0]
         if self._start is None:
-            obs = np.stack([env.reset()[0] for env in self.envs])
-            self._start = {}
+            self._start, first = {}, {}  # first: per environment, its reset's state and observation
             for members in self.groups.values():
                 for i in members:
-                    model, data = self.envs[i].model, self.envs[i].data
-                    state = np.empty(mujoco.mj_stateSize(model, spec))
-                    mujoco.mj_getState(model, data, state, spec)
-                    self._start[i] = (state, obs[i].copy())
-        else:
-            obs = np.empty((len(self.envs), 39))
-            for i in self.others:
-                obs[i] = self.envs[i].reset()[0]
-            for i, (state, first) in self._start.items():
-                mujoco.mj_setState(self.envs[i].model, self.envs[i].data, state, spec)
-                obs[i] = first
+                    env = self.envs[i]
+                    if id(env) not in first:
+                        state = np.empty(mujoco.mj_stateSize(env.model, spec))
+                        observation = env.reset()[0]
+                        mujoco.mj_getState(env.model, env.data, state, spec)
+                        first[id(env)] = (state, observation)
+                    self._start[i] = first[id(env)]
+        for i, (state, observation) in self._start.items():
+            mujoco.mj_setState(self.envs[i].model, self.datas[i], state, spec)
+            obs[i] = observation
         for skill, members in self.groups.items():
             envs = [self.envs[i] for i in members]
             space = [env.sawyer_observation_space for env in envs]
@@ -214,7 +230,7 @@ class Lockstep:
 
     def times(self) -> np.ndarray:
         """Each simulation's clock; MuJoCo resets a diverged simulation, and its clock with it."""
-        return np.array([env.data.time for env in self.envs])
+        return np.array([data.time for data in self.datas])
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every environment one step on ``actions`` (envs, 4) in [-1, 1]: observations (envs, 39), rewards
@@ -229,15 +245,15 @@ class Lockstep:
         return obs, rewards, success
 
     def _step_group(self, skill: str, members: list[int], actions: np.ndarray):
-        envs, episode = [self.envs[i] for i in members], self._episode[skill]
+        envs, datas, episode = [self.envs[i] for i in members], [self.datas[i] for i in members], self._episode[skill]
         n = len(envs)
         positions = np.empty((n, len(_BODIES), 3)), np.empty((n, 2, 3)), np.empty((n, 9))  # bodies, sites, xmat
         # SawyerXYZEnv.set_xyz_action over the group: the mocap moved by the action, clipped to the hand's range
-        mocap = np.stack([env.data.mocap_pos for env in envs]) + (actions[:, :3] * episode["action_scale"])[:, None]
+        mocap = np.stack([data.mocap_pos for data in datas]) + (actions[:, :3] * episode["action_scale"])[:, None]
         mocap[:, 0] = np.clip(mocap[:, 0], episode["mocap_low"], episode["mocap_high"])
 
         def simulate(chunk: range) -> None:  # then do_simulation and the step's mj_forward, environment by environment
-            self._simulate(envs, chunk, mocap, actions[:, -1], self._ids[skill], positions)
+            self._simulate(envs, datas, chunk, mocap, actions[:, -1], self._ids[skill], positions)
 
         if self.threads == 1 or n == 1:
             simulate(range(n))
@@ -251,12 +267,11 @@ class Lockstep:
         rewards, success = REWARDS[skill](state, obs, actions)
         return obs, rewards, success
 
-    def _simulate(self, envs: list, chunk: range, mocap: np.ndarray, grip: np.ndarray, ids: tuple,
+    def _simulate(self, envs: list, datas: list, chunk: range, mocap: np.ndarray, grip: np.ndarray, ids: tuple,
                   positions: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         mujoco, (body_ids, site_ids, geom_id), (bodies, sites, xmat) = self._mujoco, ids, positions
         for k in chunk:
-            env = envs[k]
-            data = env.data
+            env, data = envs[k], datas[k]
             data.mocap_pos[:] = mocap[k]
             data.mocap_quat[:] = (1.0, 0.0, 1.0, 0.0)
             data.ctrl[:] = (grip[k], -grip[k])
