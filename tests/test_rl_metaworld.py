@@ -147,6 +147,44 @@ def test_the_batched_step_is_meta_world_s_step(metaworld, skill):
     assert (solved > 0).sum() >= 3  # the noisy script solves most goals within 150 steps
 
 
+def test_episodes_side_by_side_on_push_across_rollouts(metaworld):
+    """ML1 push, a task's episodes on copies of its simulation, reused by later rollouts with other tasks and
+    other numbers of episodes (2 physics threads): each trajectory is gymnasium's, step for step."""
+    family = mw.ML1("push", horizon=25, threads=2)
+    for seed, trajectories in ((0, 3), (1, 2), (2, 4)):
+        tasks = family.sample_tasks(2, torch.Generator().manual_seed(seed))
+        replay = np.random.default_rng(seed).uniform(-1.5, 1.5, (25, 2, trajectories, 4))
+        episodes = family.rollout(scripted(replay), tasks, trajectories, 25, torch.float64)
+        for i, task in enumerate(tasks):
+            env = family.make_env(task)
+            for j in range(trajectories):
+                obs, _ = env.reset()
+                for t in range(25):
+                    assert np.array_equal(episodes.observations[i, j, t].numpy(), obs), (seed, i, j, t)
+                    obs, reward, *_ = env.step(np.clip(replay[t, i, j], -1, 1))
+                    assert reward == episodes.rewards[i, j, t].item()
+
+
+def test_the_batched_step_clips_the_move_as_meta_world_does(metaworld):
+    """Actions beyond [-1, 1] given straight to Lockstep: the hand's move is clipped, the gripper's action is
+    used raw (in the control and the reward), as ``SawyerXYZEnv.step`` does; an environment given twice is an
+    error."""
+    from fastmaml.rl.sawyer import Lockstep
+
+    family = mw.ML1("pick-place")
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(0))
+    own = [family.make_env(t).unwrapped for t in tasks]
+    lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
+    assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
+    for actions in np.random.default_rng(0).uniform(-3, 3, (10, 2, 4)):
+        steps = [env.step(a) for env, a in zip(own, actions)]
+        obs, rewards, _ = lockstep.step(actions)
+        np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="appears twice; give each entry its own simulation"):
+        Lockstep([own[0], own[0]], ["pick-place-v3"] * 2)
+
+
 def test_the_batched_step_leaves_other_skills_to_meta_world(metaworld):
     """ML10's ten training skills in one call: reach, push and pick-place batched, the seven others through their
     own ``env.step``, every environment as Meta-World steps it."""

@@ -159,7 +159,8 @@ class Lockstep:
 
     ``datas``, when given, is the ``MjData`` each entry simulates in place of ``envs[i].data``: an environment
     may then appear several times, each time with its own copy of the simulation (a task's episodes side by
-    side; every skill must be batched). The environment's own reset sets each copy's start.
+    side; every skill must be batched). The environment's own reset sets each copy's start. A ``Lockstep``
+    serves the tasks its environments hold when it is built: after ``env.set_task``, build a new one.
     """
 
     def __init__(self, envs: list, skills: list[str], threads: int = 1, datas: list | None = None) -> None:
@@ -174,6 +175,8 @@ class Lockstep:
                 self.groups.setdefault(skill, []).append(i)
             else:
                 self.others.append(i)
+        if len({id(data) for data in self.datas}) < len(self.datas):
+            raise ValueError("an environment appears twice; give each entry its own simulation (datas)")
         if datas is not None and self.others:
             raise ValueError(f"{skills[self.others[0]]} steps through Meta-World's env.step, which simulates the "
                              "environment's own data; give datas only for reach, push and pick-place")
@@ -249,7 +252,8 @@ class Lockstep:
         n = len(envs)
         positions = np.empty((n, len(_BODIES), 3)), np.empty((n, 2, 3)), np.empty((n, 9))  # bodies, sites, xmat
         # SawyerXYZEnv.set_xyz_action over the group: the mocap moved by the action, clipped to the hand's range
-        mocap = np.stack([data.mocap_pos for data in datas]) + (actions[:, :3] * episode["action_scale"])[:, None]
+        move = np.clip(actions[:, :3], -1, 1) * episode["action_scale"]  # the gripper's action is used raw, as there
+        mocap = np.stack([data.mocap_pos for data in datas]) + move[:, None]
         mocap[:, 0] = np.clip(mocap[:, 0], episode["mocap_low"], episode["mocap_high"])
 
         def simulate(chunk: range) -> None:  # then do_simulation and the step's mj_forward, environment by environment
