@@ -43,6 +43,19 @@ def auto_threads(default: int, cores: int, load: float, machine_cores: int) -> i
     return min(default, free_cores(cores, load, machine_cores))
 
 
+def process_cores() -> int:
+    """The cores this process may run on: its affinity where the OS has one (a container or ``taskset`` may
+    give it fewer than the machine's), else the machine's.
+
+    Example:
+        >>> process_cores() >= 1
+        True
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _machine() -> tuple[int, float, int] | None:
     """(this process's cores, the 1-minute load average, the machine's cores), or None where the OS has no
     load average."""
@@ -50,9 +63,7 @@ def _machine() -> tuple[int, float, int] | None:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows
         return None
-    machine = os.cpu_count() or 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
-    return cores, load, machine
+    return process_cores(), load, os.cpu_count() or 1
 
 
 @contextmanager

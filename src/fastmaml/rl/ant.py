@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastmaml.threads import process_cores
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.locomotion import RESET_NOISE, RLLAB_POSITION_NOISE, START_NOISES, VELOCITIES, _mujoco, \
@@ -204,7 +205,7 @@ class _AntTasks:
             raise ValueError(f"velocity={velocity!r}; use root (Ant-v5's) or com (rllab's, the paper's)")
         self.horizon, self.frame_skip = horizon, frame_skip
         self.observation, self.start_noise, self.velocity = observation, start_noise, velocity
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or process_cores()  # 0: every core this process may use
         self._datas: list = []
 
     @property

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastmaml.threads import process_cores
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
 
@@ -184,7 +185,7 @@ class _HalfCheetahTasks:
             raise ValueError(f"velocity={velocity!r}; use root (HalfCheetah-v5's) or com (rllab's, the paper's)")
         self.observe_com, self.start_noise, self.velocity = bool(observe_com), start_noise, velocity
         self.horizon = horizon
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or process_cores()  # 0: every core this process may use
         self.frame_skip = frame_skip
         self._datas: list = []
 

@@ -25,13 +25,13 @@ on push and pick-place, 2.8x on reach: benchmarks/metaworld_sampler.py), any oth
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fastmaml.threads import process_cores
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.sawyer import Lockstep, batched
@@ -85,7 +85,7 @@ class _MetaWorldTasks:
         if threads < 0:
             raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
         self.horizon, self.seed = horizon, seed
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or process_cores()  # 0: every core this process may use
         self.benchmark = benchmark(name, seed)
         self._pool: dict[str, list] = {}  # per skill: environments, reused across rollouts (~0.14 s, ~25 MB each)
         self._datas: dict[int, list] = {}  # per pooled environment: copies of its simulation
