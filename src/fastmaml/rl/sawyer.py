@@ -81,6 +81,13 @@ def _reach(s: State, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, n
     return 10 * in_place, tcp_to_target <= 0.05
 
 
+def _gripped(caging: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """What both caging rewards end with: the gripper's closing counts once the hand cages the object (> 0.97),
+    averaged with the caging (push's ``high_density``; pick-place's own)."""
+    gripping = np.where(caging > 0.97, np.minimum(np.maximum(0, action[:, -1]), 1.0), 0.0)
+    return (hamacher(caging, gripping) + caging) / 2
+
+
 def _caging(s: State, obj: np.ndarray, action: np.ndarray) -> np.ndarray:
     """``SawyerXYZEnv._gripper_caging_reward`` as push-v3 calls it (obj_radius 0.015, pad_success_thresh 0.05,
     xz_thresh 0.005, high_density)."""
@@ -92,9 +99,7 @@ def _caging(s: State, obj: np.ndarray, action: np.ndarray) -> np.ndarray:
     xz = [0, 2]
     xz_margin = _norm(s.obj_init[:, xz] - s.init_tcp[:, xz]) - 0.005
     caging_xz = tolerance(_norm(s.tcp[:, xz] - obj[:, xz]), 0, 0.005, xz_margin)
-    caging = hamacher(caging_y, caging_xz)
-    gripping = np.where(caging > 0.97, np.minimum(np.maximum(0, action[:, -1]), 1.0) / 1.0, 0.0)
-    return (hamacher(caging, gripping) + caging) / 2
+    return _gripped(hamacher(caging_y, caging_xz), action)
 
 
 def _push(s: State, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +123,7 @@ def _pick_place_caging(s: State, obj: np.ndarray, action: np.ndarray) -> np.ndar
     y_zero = np.array([1.0, 0.0, 1.0])  # x + [0, -x_y, 0]: the y entry becomes exactly 0
     tcp_obj_xz = _norm(s.tcp * y_zero - obj * y_zero)
     xz_margin = _norm(s.obj_init * y_zero - s.init_tcp * y_zero) - 0.005
-    caging = hamacher(y_caging, tolerance(tcp_obj_xz, 0, 0.005, xz_margin))
-    gripping = np.where(caging > 0.97, np.minimum(np.maximum(0, action[:, -1]), 1), 0.0)
-    return (hamacher(caging, gripping) + caging) / 2
+    return _gripped(hamacher(y_caging, tolerance(tcp_obj_xz, 0, 0.005, xz_margin)), action)
 
 
 def _pick_place(s: State, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
