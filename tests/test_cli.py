@@ -94,6 +94,9 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["eval", str(out), "--json", "--tasks", "5"]) == 0
     assert '"maml"' in capsys.readouterr().out
+    assert main(["eval", str(out), "--mean-episodes", "3"]) == 2  # a meta-RL option: one line naming the fix
+    assert capsys.readouterr().err.strip() == ("fastmaml: error: --mean-episodes scores a meta-RL policy's mean "
+                                               "action; drop it for a supervised run")
     pytest.importorskip("matplotlib")
     assert main(["plot", str(out)]) == 0
     assert (out / "plot.png").stat().st_size > 10_000
@@ -264,3 +267,7 @@ def test_eval_of_a_meta_rl_run_keeps_its_eval_json(tmp_path, capsys):
     assert main(["eval", str(run), "--tasks", "3"]) == 0
     assert f"results written to {run / 'eval-3tasks-1steps.json'}" in capsys.readouterr().out
     assert (run / "eval.json").read_bytes() == trained and (run / "eval-3tasks-1steps.json").is_file()
+    # Meta-World's protocol on any family: mean-action episodes beside the sampled ones
+    assert main(["eval", str(run), "--tasks", "3", "--mean-episodes", "2", "--out", str(tmp_path / "m.json")]) == 0
+    assert "maml mean action" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["maml"]["mean_action"]["episodes"] == 2

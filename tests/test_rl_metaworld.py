@@ -247,6 +247,43 @@ def test_evaluation_reports_success_only_where_the_family_does():
     assert "success" not in plain["maml"] and "success" not in format_table(plain)
 
 
+def test_mean_action_episodes_score_beside_the_sampled_ones():
+    """Meta-World's protocol scores episodes of the mean action that the adaptation never sees: with
+    ``mean_episodes`` the sampled scores are unchanged, and the mean-action return before adaptation equals
+    gymnasium stepping of the policy's mean, computed here by hand in float64."""
+    from fastmaml.rl import GaussianPolicy, MetaRL
+    from fastmaml.rl.envs import Navigation2DTasks
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy(2, 2, (8,)).double()
+    learner = MetaRL(policy, trajectories=3, horizon=6)
+    family = Navigation2DTasks(horizon=6)
+    plain = evaluate({"maml": learner}, family, 4, 2, seed=5)
+    both = evaluate({"maml": learner}, family, 4, 2, seed=5, mean_episodes=2)
+    assert both["maml"]["returns"] == plain["maml"]["returns"] and "mean_action" not in plain["maml"]
+    assert both["maml"]["mean_action"]["episodes"] == 2
+    assert [r["steps"] for r in both["maml"]["mean_action"]["returns"]] == [0, 1, 2]
+    assert "success" not in both["maml"]["mean_action"]  # 2D navigation reports no success
+    assert "maml mean action" in format_table(both)
+
+    tasks = family.sample_tasks(4, torch.Generator().manual_seed(5))  # evaluate's test tasks
+    by_hand = []
+    for task in tasks:
+        env, total = family.make_env(task), 0.0
+        obs, _ = env.reset(seed=0)
+        for _ in range(6):
+            with torch.no_grad():
+                mean = policy(torch.as_tensor(obs, dtype=torch.float64).view(1, 2))[0][0].numpy()
+            obs, reward, terminated, truncated, _ = env.step(mean)
+            total += reward
+            if terminated or truncated:
+                break
+        by_hand.append(total)
+    assert both["maml"]["mean_action"]["returns"][0]["mean"] == pytest.approx(np.mean(by_hand), rel=1e-6)
+    with pytest.raises(ValueError, match="mean_episodes=-1; score at least 0 episodes of the mean action"):
+        evaluate({"maml": learner}, family, 4, 1, seed=5, mean_episodes=-1)
+
+
 def test_a_missing_metaworld_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "metaworld", None)  # as if the extra were not installed
     mw.benchmark.cache_clear()
@@ -286,14 +323,17 @@ def test_ml1_reach_recipe_two_iterations_then_a_diverging_run(metaworld, tmp_pat
         assert [r["steps"] for r in results[name]["success"]] == [0, 1]
         assert all(0 <= r["mean"] <= 1 for r in results[name]["success"])
         assert f"{name} success %" in out
+        mean_action = results[name]["mean_action"]  # the recipe's eval_mean_episodes: 3, Meta-World's protocol
+        assert mean_action["episodes"] == 3 and all(0 <= r["mean"] <= 1 for r in mean_action["success"])
+        assert f"{name} success % mean action" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= line[k] <= 1 for line in lines for k in ("success_before", "success_after"))  # logged too
     # fastmaml eval on the run: the same rows, two inner steps this time
-    assert main(["eval", str(run), "--steps", "2", "--out", str(tmp_path / "eval.json")]) == 0
+    assert main(["eval", str(run), "--steps", "2", "--mean-episodes", "0", "--out", str(tmp_path / "eval.json")]) == 0
     assert "maml success %" in capsys.readouterr().out
     again = json.loads((tmp_path / "eval.json").read_text())
-    assert [r["steps"] for r in again["maml"]["success"]] == [0, 1, 2]
+    assert [r["steps"] for r in again["maml"]["success"]] == [0, 1, 2] and "mean_action" not in again["maml"]
 
     original, calls = mw._MetaWorldTasks.rollout, {"n": 0}
 

@@ -73,24 +73,27 @@ def test_eval_and_plot_commands(run, capsys):
 
 def test_the_meta_test_adapts_on_eval_trajectories(run, tmp_path, monkeypatch):
     """``eval_trajectories`` (the paper's goal-velocity test: 20 where training used 10) sets the episodes
-    per inner step of every method at meta-test; 0 keeps ``trajectories``."""
+    per inner step of every method at meta-test; 0 keeps ``trajectories``. ``eval_mean_episodes`` (or the
+    argument, ``fastmaml eval --mean-episodes``) reaches the evaluation."""
     copy = tmp_path / "run"
     copy.mkdir()
     for name in ("config.yaml", "checkpoint.pt", "baselines.pt"):
         (copy / name).write_bytes((run / name).read_bytes())
     seen = {}
 
-    def record(methods, family, num_tasks, steps, seed):
-        seen.update({name: method.trajectories for name, method in methods.items()})
+    def record(methods, family, num_tasks, steps, seed, mean_episodes):
+        seen.update({name: method.trajectories for name, method in methods.items()}, mean=mean_episodes)
         return {}
 
     monkeypatch.setattr(rltrain, "evaluate", record)
     rltrain.evaluate_run(copy)
-    assert seen == {"maml": 4, "pretrained": 4, "random": 4}
+    assert seen == {"maml": 4, "pretrained": 4, "random": 4, "mean": 0}
     values = yaml.safe_load((copy / "config.yaml").read_text())
-    (copy / "config.yaml").write_text(yaml.safe_dump({**values, "eval_trajectories": 6}))
+    (copy / "config.yaml").write_text(yaml.safe_dump({**values, "eval_trajectories": 6, "eval_mean_episodes": 3}))
     rltrain.evaluate_run(copy)
-    assert seen == {"maml": 6, "pretrained": 6, "random": 6}
+    assert seen == {"maml": 6, "pretrained": 6, "random": 6, "mean": 3}
+    rltrain.evaluate_run(copy, mean_episodes=1)  # fastmaml eval --mean-episodes
+    assert seen["mean"] == 1
 
 
 def test_load_adapt_act_contract(run):

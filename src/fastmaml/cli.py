@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--tasks", type=int, help="number of test tasks (default: the run's eval_tasks)")
     evaluate.add_argument("--steps", type=int, help="inner steps at test (default: the run's eval_inner_steps)")
+    evaluate.add_argument("--mean-episodes", type=int, metavar="N",
+                          help="meta-RL: also score N episodes of each policy's mean action per task and step "
+                               "(Meta-World's protocol: 3; default: the run's eval_mean_episodes)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument("--out", type=Path, metavar="FILE",
                           help="write the results to FILE (default: RUN_DIR/eval.json when the run has none, "
@@ -171,7 +174,7 @@ def _evaluate(args: argparse.Namespace, kind) -> int:
     out = eval_path(args.run_dir, config, args.tasks, args.steps, args.out, args.overwrite)
     replacing = out.exists()
     with use_free_cores(config.threads if config is not None else None):
-        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out)
+        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out, args.mean_episodes)
     print(json.dumps(results, indent=1) if args.json else kind.summary(results))
     kept = args.out is None and out.name != "eval.json"
     note = " (replacing the earlier file)" if replacing else " (the run's eval.json is kept)" if kept else ""

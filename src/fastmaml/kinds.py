@@ -3,7 +3,7 @@
 
 A kind is a module with the functions the command line calls: ``resolve(recipe, overrides)``,
 ``load_config(run_dir)``, ``train(config, out, overwrite, progress)``, ``resume(run_dir, progress, device)``,
-``evaluate_run(run_dir, tasks, steps, out)``, ``plot_run(run_dir, out)``, ``summary(results)`` and
+``evaluate_run(run_dir, tasks, steps, out, mean_episodes)``, ``plot_run(run_dir, out)``, ``summary(results)`` and
 ``load(run_dir, which)``. A recipe or a run folder's ``config.yaml`` names its kind in a ``kind:`` key
 (absent: ``supervised``). Every kind trains in the one loop, :func:`fastmaml.train.loop.run_loop`.
 """

@@ -39,7 +39,9 @@ class RLConfig:
     ``adam`` (outer_lr). ``baseline_iterations``: TRPO
     iterations of the "pretrained on the task mixture" baseline (0: none). ``eval_trajectories``: episodes
     per inner step at meta-test (0: ``trajectories``; the MAML paper trains its goal-velocity cheetah on 10
-    and tests on 20).
+    and tests on 20). ``eval_mean_episodes``: at meta-test, also score each policy on this many episodes of
+    its mean action before and after each inner step, episodes it never adapts on (Meta-World's protocol: 3;
+    0: only the sampled episodes).
     """
 
     kind: str = KIND
@@ -75,6 +77,7 @@ class RLConfig:
     eval_inner_steps: int = 3
     eval_trajectories: int = 0  # episodes per inner step at meta-test; 0: ``trajectories``
     eval_step_scale: float = 1.0  # the move of every meta-test step after the first, relative to the first's
+    eval_mean_episodes: int = 0  # mean-action episodes scored per task and step at meta-test (Meta-World's: 3)
     baseline_iterations: int = 100
 
     @property
@@ -90,7 +93,8 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")
         for name in ("inner_steps", "iterations", "checkpoint_every", "eval_inner_steps", "baseline_iterations",
-                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories", "eval_step_scale"):
+                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories", "eval_step_scale",
+                     "eval_mean_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 0")
         for name in ("max_kl", "outer_lr"):

@@ -35,10 +35,11 @@ def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | N
     return runs.train(None, run_dir, resume=True, progress=progress)
 
 
-def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path) -> dict:
+def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path,
+                 mean_episodes: int | None = None) -> dict:
     from fastmaml.rl.train import evaluate_run as evaluate
 
-    return evaluate(run_dir, tasks, steps, out=out)
+    return evaluate(run_dir, tasks, steps, out=out, mean_episodes=mean_episodes)
 
 
 def plot_run(run_dir: Path, out: Path | None) -> Path:

@@ -38,8 +38,9 @@ def sample_tasks(family, n: int, generator: torch.Generator) -> list:
 
 
 def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories: int, horizon: int,
-            generator: torch.Generator, batched: bool = False) -> Episodes:
-    """``trajectories`` episodes of at most ``horizon`` steps per task, actions sampled from the policy."""
+            generator: torch.Generator, batched: bool = False, mean_action: bool = False) -> Episodes:
+    """``trajectories`` episodes of at most ``horizon`` steps per task, actions sampled from the policy
+    (``mean_action``: its most likely action, the mean for Box actions, as an evaluation scores a policy)."""
     if trajectories < 1 or horizon < 1:
         raise ValueError(f"trajectories={trajectories}, horizon={horizon}; sample at least 1 trajectory of "
                          "at least 1 step per task")
@@ -51,7 +52,7 @@ def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories
         with torch.no_grad():
             # detach: a view of a parameter (the expanded log_std) still requires grad under no_grad
             output = policies.detach(policy_output(policy, params, obs, batched))
-        return policies.sample(output, generator), output
+        return (policies.mode(output) if mean_action else policies.sample(output, generator)), output
 
     if hasattr(family, "rollout"):
         episodes = family.rollout(act, tasks, trajectories, horizon, dtype, generator=generator)

@@ -262,8 +262,9 @@ def baselines(run_dir: Path, config: rlcfg.RLConfig, family) -> dict[str, MetaRL
 
 
 def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
-                 out: str | Path | None = None) -> dict:
-    """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json`` (or ``out``)."""
+                 out: str | Path | None = None, mean_episodes: int | None = None) -> dict:
+    """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json`` (or ``out``).
+    ``mean_episodes``: mean-action episodes per task and step (default: the run's ``eval_mean_episodes``)."""
     run_dir = Path(run_dir)
     learner = load(run_dir)
     config = rlcfg.load(run_dir / CONFIG)
@@ -276,6 +277,7 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
         method.rule = rules.later_steps_scaled(method.rule, config.eval_step_scale)
     steps = config.eval_inner_steps if inner_steps is None else inner_steps
     tasks = config.eval_tasks if num_tasks is None else num_tasks
-    results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM)
+    mean_episodes = config.eval_mean_episodes if mean_episodes is None else mean_episodes
+    results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM, mean_episodes)
     write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
     return results

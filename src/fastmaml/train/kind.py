@@ -33,9 +33,12 @@ def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | N
     return run.train(None, run_dir, resume=True, progress=progress, device=device)
 
 
-def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path | None = None) -> dict:
+def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path | None = None,
+                 mean_episodes: int | None = None) -> dict:
     from fastmaml.train import run
 
+    if mean_episodes is not None:
+        raise ValueError("--mean-episodes scores a meta-RL policy's mean action; drop it for a supervised run")
     return run.evaluate_run(run_dir, tasks, steps, out=out)
 
 
