@@ -1,4 +1,4 @@
-"""Environment steps per second on Meta-World ML1: fastmaml's lockstep sampler against gymnasium's
+"""Environment steps per second on Meta-World ML1 or ML10: fastmaml's lockstep sampler against gymnasium's
 ``SyncVectorEnv`` over the same environments, side by side, with the same batched policy.
 
 Both step one environment per task of a meta-batch, every task in lockstep, and evaluate the policy (2x100 tanh,
@@ -10,6 +10,10 @@ step, split into MuJoCo's physics and the benchmark's own Python.
     for task in reach push pick-place; do
         python benchmarks/metaworld_sampler.py --task $task --tasks 20 --trajectories 10 --horizon 500 --repeats 2
     done
+    python benchmarks/metaworld_sampler.py --benchmark ml10 --tasks 20 --trajectories 10 --horizon 500 --repeats 1
+
+(``--benchmark ml10``: ML10's training tasks as ``ML10.sample_tasks`` draws them, 20 are 2 of each of its ten
+skills.)
 
 Measured at commit 7015a20 (metaworld 3.1.1, mujoco 3.3.0, torch 2.14 CPU, one torch thread, the shared 2-core
 machine with two training runs on it; 20 tasks x 10 episodes, the recipes' meta-batch):
@@ -26,6 +30,19 @@ machine with two training runs on it; 20 tasks x 10 episodes, the recipes' meta-
     fastmaml lockstep sampler   10,732 steps/s
     gymnasium SyncVectorEnv     1,708 steps/s   (6.3x)
     one pick-place step: 524 us, of which physics (5 mj_step) 54 us (10%), the rest Meta-World's Python
+
+ML10, with all its fifteen skills batched (fastmaml.rl.sawyer), both cores free (the training runs paused):
+
+    ML10, 20 tasks x 10 episodes x 500 steps, best of 1
+    fastmaml lockstep sampler   10,242 steps/s   (1 thread(s) for the physics)
+    gymnasium SyncVectorEnv     3,402 steps/s   (3.0x)
+    one drawer-close-v3 step: 108 us, of which physics (5 mj_step) 45 us (42%), the rest Meta-World's Python
+
+The sampler alone on the same 20 tasks (10 episodes of 500 steps, best of 2, cores free): 10,389 steps/s against
+4,770 with only reach, push and pick-place batched (the seven other skills through ``env.step``, a task's
+episodes one after another), 2.2x; ML1 push and pick-place unchanged by the generalisation (12,049-12,388
+against 12,099-12,392 and 12,516 against 12,079 steps/s). ML10 gains less than ML1 push: its ten skills are ten
+groups of a few environments each.
 
 The same command on reach with the batched step but every reset simulated (commit 3276881's sampler):
 10,050 against 4,371 steps/s (2.3x); restoring the first reset's state saves the rest. With one episode
@@ -49,7 +66,7 @@ import time
 import numpy as np
 import torch
 
-from fastmaml.rl.metaworld import ML1
+from fastmaml.rl.metaworld import ML1, ML10
 from fastmaml.rl.policies import GaussianPolicy, detach, sample
 
 
@@ -62,7 +79,7 @@ def policy_act(policy: GaussianPolicy, generator: torch.Generator):
     return act
 
 
-def lockstep(family: ML1, tasks: list[dict], policy: GaussianPolicy, trajectories: int, horizon: int) -> float:
+def lockstep(family: ML1 | ML10, tasks: list[dict], policy: GaussianPolicy, trajectories: int, horizon: int) -> float:
     start = time.perf_counter()
     family.rollout(policy_act(policy, torch.Generator().manual_seed(0)), tasks, trajectories, horizon)
     return len(tasks) * trajectories * horizon / (time.perf_counter() - start)
@@ -78,7 +95,7 @@ def vector(envs, policy: GaussianPolicy, trajectories: int, horizon: int) -> flo
     return envs.num_envs * trajectories * horizon / (time.perf_counter() - start)
 
 
-def profile_step(family: ML1, task: dict, steps: int = 500) -> tuple[float, float]:
+def profile_step(family: ML1 | ML10, task: dict, steps: int = 500) -> tuple[float, float]:
     """Seconds per step of one environment, and of its physics alone (5 mj_step and mj_rnePostConstraint)."""
     import mujoco
 
@@ -99,7 +116,9 @@ def profile_step(family: ML1, task: dict, steps: int = 500) -> tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="pick-place")
+    parser.add_argument("--benchmark", choices=("ml1", "ml10"), default="ml1",
+                        help="ml1: one skill (--task); ml10: ML10's training tasks, spread over its 10 skills")
+    parser.add_argument("--task", default="pick-place", help="ML1's skill")
     parser.add_argument("--tasks", type=int, default=10, help="the meta-batch: one environment per task")
     parser.add_argument("--trajectories", type=int, default=10, help="episodes per task (the recipes': 10)")
     parser.add_argument("--horizon", type=int, default=500)
@@ -111,7 +130,10 @@ def main() -> None:
     # one thread for the tiny policy: on a loaded machine torch's default threads wait on each other (an MLP
     # call of 0.1 ms took 2.4 ms with 2 threads on the shared 2-core machine), for both samplers alike
     torch.set_num_threads(1)
-    family = ML1(args.task, horizon=args.horizon, threads=args.threads)
+    if args.benchmark == "ml10":
+        family: ML1 | ML10 = ML10(horizon=args.horizon, threads=args.threads)
+    else:
+        family = ML1(args.task, horizon=args.horizon, threads=args.threads)
     tasks = family.sample_tasks(args.tasks, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     policy = GaussianPolicy(39, 4, (100, 100), "tanh")
@@ -122,11 +144,12 @@ def main() -> None:
         ours.append(lockstep(family, tasks, policy, args.trajectories, args.horizon))
         theirs.append(vector(envs, policy, args.trajectories, args.horizon))
     whole, physics = profile_step(family, tasks[0])
-    print(f"ML1 {args.task}, {args.tasks} tasks x {args.trajectories} episodes x {args.horizon} steps, "
+    name = "ML10" if args.benchmark == "ml10" else f"ML1 {args.task}"
+    print(f"{name}, {args.tasks} tasks x {args.trajectories} episodes x {args.horizon} steps, "
           f"best of {args.repeats}")
     print(f"fastmaml lockstep sampler   {max(ours):,.0f} steps/s   ({family.threads} thread(s) for the physics)")
     print(f"gymnasium SyncVectorEnv     {max(theirs):,.0f} steps/s   ({max(ours) / max(theirs):.1f}x)")
-    print(f"one {args.task} step: {whole * 1e6:.0f} us, of which physics (5 mj_step) {physics * 1e6:.0f} us "
+    print(f"one {tasks[0]['skill']} step: {whole * 1e6:.0f} us, of which physics (5 mj_step) {physics * 1e6:.0f} us "
           f"({physics / whole:.0%}), the rest Meta-World's Python")
 
 

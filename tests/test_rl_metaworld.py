@@ -81,11 +81,9 @@ def test_ml10_meta_tests_on_five_new_skills(metaworld):
 def test_the_lockstep_sampler_is_gymnasium_s_meta_world(metaworld, reach, side_by_side):
     """Same tasks and actions (beyond the bounds: clipped): the sampler's observations, rewards and success are
     those of ``make_env(task)`` stepped through gymnasium, bit for bit, with a task's trajectories side by side
-    on copies of its simulation (ML1 reach) or one after another (a skill stepped by Meta-World, in ML10)."""
-    family = reach if side_by_side else mw.ML10(horizon=15)
-    tasks = family.sample_tasks(2 if side_by_side else 10, torch.Generator().manual_seed(1))
-    if not side_by_side:  # a batched skill beside one Meta-World steps
-        tasks = [next(t for t in tasks if t["skill"] == skill) for skill in ("reach-v3", "door-open-v3")]
+    on copies of its simulation (ML1 reach) or one after another (ML1 assembly, a skill Meta-World steps)."""
+    family = reach if side_by_side else mw.ML1("assembly", horizon=15)
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(1))
     steps, trajectories = 15, 2
     actions = np.random.default_rng(0).uniform(-1.5, 1.5, (trajectories * steps, 2, 4))
     # side by side, step t of trajectory j is act's call t, entry [i, j]; one after another, call j * steps + t
@@ -108,8 +106,19 @@ def test_the_lockstep_sampler_is_gymnasium_s_meta_world(metaworld, reach, side_b
             assert episodes.success[i, j].item() == float(solved)
 
 
+# ML10's skills (its training ones, then its test ones), each with the benchmark's scripted policy (metaworld.policies)
+SCRIPTS = {
+    "reach": "SawyerReachV3Policy", "push": "SawyerPushV3Policy", "pick-place": "SawyerPickPlaceV3Policy",
+    "door-open": "SawyerDoorOpenV3Policy", "drawer-close": "SawyerDrawerCloseV3Policy",
+    "button-press-topdown": "SawyerButtonPressTopdownV3Policy", "peg-insert-side": "SawyerPegInsertionSideV3Policy",
+    "window-open": "SawyerWindowOpenV3Policy", "sweep": "SawyerSweepV3Policy",
+    "basketball": "SawyerBasketballV3Policy", "drawer-open": "SawyerDrawerOpenV3Policy",
+    "door-close": "SawyerDoorCloseV3Policy", "shelf-place": "SawyerShelfPlaceV3Policy",
+    "sweep-into": "SawyerSweepIntoV3Policy", "lever-pull": "SawyerLeverPullV3Policy"}
+
+
 @pytest.mark.filterwarnings("ignore:Constant")  # the scripted policies say their gains saturate the actions
-@pytest.mark.parametrize("skill", ["reach", "push", "pick-place"])
+@pytest.mark.parametrize("skill", list(SCRIPTS))
 def test_the_batched_step_is_meta_world_s_step(metaworld, skill):
     """fastmaml.rl.sawyer's batched observation, reward and success against Meta-World's own ``env.step``, from the
     same reset with the same actions: the benchmark's scripted policy for the skill plus noise, so the episodes
@@ -118,8 +127,7 @@ def test_the_batched_step_is_meta_world_s_step(metaworld, skill):
 
     from fastmaml.rl.sawyer import Lockstep
 
-    scripted_policy = {"reach": policies.SawyerReachV3Policy, "push": policies.SawyerPushV3Policy,
-                       "pick-place": policies.SawyerPickPlaceV3Policy}[skill]()
+    scripted_policy = getattr(policies, SCRIPTS[skill])()
     family = mw.ML1(skill)
     tasks = family.sample_tasks(6, torch.Generator().manual_seed(1))
     own = [family.make_env(t).unwrapped for t in tasks]
@@ -183,27 +191,6 @@ def test_the_batched_step_clips_the_move_as_meta_world_does(metaworld):
         np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="appears twice; give each entry its own simulation"):
         Lockstep([own[0], own[0]], ["pick-place-v3"] * 2)
-
-
-def test_the_batched_step_leaves_other_skills_to_meta_world(metaworld):
-    """ML10's ten training skills in one call: reach, push and pick-place batched, the seven others through their
-    own ``env.step``, every environment as Meta-World steps it."""
-    from fastmaml.rl.sawyer import Lockstep
-
-    family = mw.ML10()
-    tasks = family.sample_tasks(10, torch.Generator().manual_seed(0))
-    own = [family.make_env(t).unwrapped for t in tasks]
-    lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
-    assert sorted(lockstep.groups) == ["pick-place-v3", "push-v3", "reach-v3"] and len(lockstep.others) == 7
-    assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
-    for t, actions in enumerate(np.random.default_rng(0).uniform(-1, 1, (60, 10, 4))):
-        if t == 40:  # a second episode: the batched skills restore their start, the others reset
-            assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
-        steps = [env.step(a) for env, a in zip(own, actions)]
-        obs, rewards, success = lockstep.step(actions)
-        np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
-        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
 
 
 def test_success_is_reached_at_any_step(metaworld, reach):
@@ -352,3 +339,111 @@ def test_ml1_reach_recipe_two_iterations_then_a_diverging_run(metaworld, tmp_pat
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "diverged" in err and "Traceback" not in err
     assert torch.load(run / "checkpoint.pt", weights_only=False)["iteration"] == 2
+
+
+@pytest.mark.parametrize("skill", ["peg-insert-side", "shelf-place"])
+def test_the_batched_step_where_the_script_never_goes(metaworld, skill):
+    """Reward branches the noisy script does not take, each environment's object put there (``_set_obj_xyz``,
+    on both sides) every 10 steps: peg-insert-side's head in the collision box under the hole, shelf-place's
+    block on the table in front of the shelf and under it; then small random moves, compared with ``env.step``."""
+    from metaworld.utils import reward_utils
+
+    from fastmaml.rl.sawyer import Lockstep
+
+    family = mw.ML1(skill)
+    tasks = family.sample_tasks(4, torch.Generator().manual_seed(0))
+    own = [family.make_env(t).unwrapped for t in tasks]
+    lockstep = Lockstep([family.make_env(t).unwrapped for t in tasks], [t["skill"] for t in tasks])
+    assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
+
+    def spot(env, k: int) -> np.ndarray:  # where the object goes
+        if skill == "peg-insert-side":  # the peg moved so that its head is at the collision box's centre
+            box = [env._get_site_pos(f"{c}_corner_collision_box_1") for c in ("bottom_right", "top_left")]
+            return env.data.qpos[9:12] + (box[0] + box[1]) / 2 - env._get_site_pos("pegHead")
+        return env._target_pos + np.array([0.0, (-0.075, 0.03)[k % 2], 0.02 - env._target_pos[2]])
+
+    def taken(env, obs) -> bool:  # the branch: the head inside the box; the block low in front of the target
+        if skill == "peg-insert-side":
+            box = [env._get_site_pos(f"{c}_corner_collision_box_1") for c in ("bottom_right", "top_left")]
+            return reward_utils.rect_prism_tolerance(env._get_site_pos("pegHead"), box[0], box[1]) != 1.0
+        obj, target = obs[4:7], env._target_pos
+        return 0 < obj[2] < 0.24 and abs(obj[0] - target[0]) < 0.15 and target[1] - 0.15 < obj[1] < target[1]
+
+    rng, hits = np.random.default_rng(0), 0
+    for t, actions in enumerate(rng.uniform(-0.3, 0.3, (40, 4, 4))):
+        if t % 10 == 0:
+            for env, twin in zip(own, lockstep.envs):
+                position = spot(env, t // 10)
+                env._set_obj_xyz(position.copy())
+                twin._set_obj_xyz(position.copy())
+        steps = [env.step(a) for env, a in zip(own, actions)]
+        obs, rewards, success = lockstep.step(actions)
+        np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
+        hits += sum(taken(env, s[0]) for env, s in zip(own, steps))
+    assert hits >= 10
+
+
+def test_ml10_episodes_side_by_side_are_gymnasium_s(metaworld):
+    """ML10's ten training skills, all batched: a task's episodes side by side on copies of its simulation, each
+    trajectory gymnasium's step for step (sweep's live pads and basketball's live goal read from the copy)."""
+    family = mw.ML10(horizon=20, threads=2)
+    tasks = family.sample_tasks(10, torch.Generator().manual_seed(3))
+    assert len({t["skill"] for t in tasks}) == 10
+    replay = np.random.default_rng(0).uniform(-1.5, 1.5, (20, 10, 2, 4))
+    episodes = family.rollout(scripted(replay), tasks, 2, 20, torch.float64)
+    for i, task in enumerate(tasks):
+        env = family.make_env(task)
+        for j in range(2):
+            obs, _ = env.reset()
+            for t in range(20):
+                np.testing.assert_allclose(episodes.observations[i, j, t].numpy(), obs, rtol=0, atol=1e-12)
+                obs, reward, *_ = env.step(np.clip(replay[t, i, j], -1, 1))
+                assert reward == pytest.approx(episodes.rewards[i, j, t].item(), rel=0, abs=1e-12), (task, j, t)
+
+
+def test_the_batched_step_beside_a_skill_meta_world_steps(metaworld):
+    """ML10's training skills batched beside a skill without a batched reward (assembly, through its own
+    ``env.step``), in one call and across a reset; giving copies of the simulation (datas) is then an error."""
+    from fastmaml.rl.sawyer import Lockstep
+
+    ml10, assembly = mw.ML10(), mw.ML1("assembly")
+    tasks = [(ml10, task) for task in ml10.sample_tasks(10, torch.Generator().manual_seed(0))]
+    tasks.append((assembly, assembly.sample_tasks(1, torch.Generator().manual_seed(0))[0]))
+    own = [family.make_env(t).unwrapped for family, t in tasks]
+    lockstep = Lockstep([family.make_env(t).unwrapped for family, t in tasks], [t["skill"] for _, t in tasks])
+    assert sorted(lockstep.groups) == sorted(metaworld.env_dict.ML10_V3["train"]) and lockstep.others == [10]
+    assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
+    for t, actions in enumerate(np.random.default_rng(0).uniform(-1, 1, (40, 11, 4))):
+        if t == 25:  # a second episode: the batched skills restore their start, assembly resets
+            assert np.array_equal(lockstep.reset(), np.stack([env.reset()[0] for env in own]))
+        steps = [env.step(a) for env, a in zip(own, actions)]
+        obs, rewards, success = lockstep.step(actions)
+        np.testing.assert_allclose(obs, np.stack([s[0] for s in steps]), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(rewards, [s[1] for s in steps], rtol=0, atol=1e-12)
+        assert success.tolist() == [bool(s[4]["success"]) for s in steps]
+    import mujoco
+
+    with pytest.raises(ValueError, match="assembly-v3 steps through Meta-World's env.step.*give datas only"):
+        Lockstep(own[-2:], [tasks[-2][1]["skill"], "assembly-v3"], datas=[mujoco.MjData(e.model) for e in own[-2:]])
+
+
+def test_a_copy_that_mujoco_resets_is_a_diverged_run(metaworld):
+    """Side by side, each episode simulates its own copy: when MuJoCo resets one copy mid-episode (unstable: a
+    velocity of 1e20 written into the second episode's copy before the third step), the rollout stops with the
+    one-line divergence error instead of training on a restarted episode; the other copies never hide it."""
+    family = mw.ML1("reach", horizon=5)
+    tasks = family.sample_tasks(2, torch.Generator().manual_seed(0))
+    family.rollout(scripted(np.zeros((5, 2, 3, 4))), tasks, 3, 5, torch.float64)  # builds the copies, finite
+    copy = next(iter(family._datas.values()))[1]
+    calls = iter(range(5))
+
+    def act(obs):
+        if next(calls) == 2:
+            copy.qvel[:] = 1e20
+        a = torch.zeros(*obs.shape[:2], 4, dtype=obs.dtype)
+        return a, (a, a)
+
+    with pytest.raises(ValueError, match="diverged.*lower the inner or outer step size"):
+        family.rollout(act, tasks, 3, 5, torch.float64)

@@ -17,9 +17,10 @@ A task runs two ways. ``make_env(task)`` is a ``gymnasium.Env`` (Meta-World's ow
 its episode cut at ``horizon``). :meth:`~_MetaWorldTasks.rollout`, which the sampler prefers, keeps one
 environment per task of the meta-batch and steps them in lockstep in this process, one policy evaluation per time
 step for the whole meta-batch, and returns each episode's success beside its return: no worker processes, so
-nothing to hang. :class:`~fastmaml.rl.sawyer.Lockstep` steps them: reach, push and pick-place with their
-observations and rewards computed over all of a skill's environments at once (6x gymnasium's ``SyncVectorEnv``
-on push and pick-place, 2.8x on reach: benchmarks/metaworld_sampler.py), any other skill through its own step.
+nothing to hang. :class:`~fastmaml.rl.sawyer.Lockstep` steps them: ML10's fifteen skills (ML1 reach, push,
+pick-place among them) with their observations and rewards computed over all of a skill's environments at once
+(6x gymnasium's ``SyncVectorEnv`` on push and pick-place, 2.8x on reach, 3.0x on ML10's mixed meta-batch:
+benchmarks/metaworld_sampler.py), any other skill through its own step.
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class _MetaWorldTasks:
         """``trajectories`` episodes of ``horizon`` steps for every task, every task stepped in lockstep;
         ``act(obs (tasks, N, 39))`` returns the actions and the policy output behind them
         (:class:`~fastmaml.rl.sawyer.Lockstep` steps the environments). Where every task's skill is batched
-        (ML1 reach, push, pick-place), a task's episodes run side by side on copies of its simulation (N =
-        ``trajectories``, one policy evaluation per step for them all); otherwise one after another (N = 1). A
+        (:data:`~fastmaml.rl.sawyer.SKILLS`: ML10's), a task's episodes run side by side on copies of its simulation
+        (N = ``trajectories``, one policy evaluation per step for them all); otherwise one after another (N = 1). A
         Meta-World reset is deterministic given the task, so ``generator`` (the sampler's) is not needed here."""
         envs, skills = self._envs(tasks), [task["skill"] for task in tasks]
         if trajectories > 1 and all(batched(env, skill) for env, skill in zip(envs, skills)):
@@ -218,7 +219,7 @@ def _skill(name: str) -> str:
 class ML1(_MetaWorldTasks):
     """ML1: one skill (``task``: ``reach``, ``push``, ``pick-place``, or any Meta-World skill), 50 goal
     variations to meta-train on and 50 other ones to meta-test on. ``threads``: how many threads step the
-    physics of reach, push and pick-place (0: every core; :class:`~fastmaml.rl.sawyer.Lockstep`).
+    physics of the batched skills (0: every core; :class:`~fastmaml.rl.sawyer.Lockstep`).
 
     Example:
         >>> family = ML1("reach", horizon=20)  # the metaworld extra  # doctest: +SKIP
