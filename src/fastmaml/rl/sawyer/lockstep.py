@@ -37,7 +37,9 @@ def _plan(mujoco, model, reads: list[Read]) -> tuple[list[tuple[str, np.ndarray]
         kind = getattr(mujoco.mjtObj, f"mjOBJ_{_OBJECT_TYPES[field]}")
         ids = np.array([mujoco.mj_name2id(model, kind, name) for name in fields_names])
         if (ids < 0).any():
-            raise ValueError(f"the model has no {_OBJECT_TYPES[field].lower()} {fields_names[int(np.argmin(ids))]}")
+            raise ValueError(f"the Meta-World model has no {_OBJECT_TYPES[field].lower()} "
+                             f"{fields_names[int(np.argmin(ids))]}; install the metaworld version the extra pins: "
+                             "pip install 'fastmaml[metaworld]'")
         plan.append((field, model.jnt_qposadr[ids] if field == "qpos" else ids))
     return plan, {field: {name: i for i, name in enumerate(group)} for field, group in names.items()}
 
