@@ -5,7 +5,8 @@ cbfinn/maml_rl's test scripts draw their goals with ``np.random.seed(1); np.rand
 (``test_maml_ant_direc.py``, backward below 1.5), and commit the average return per goal and inner step
 (``icml/icml_ant{,direc}_results_{maml,pretrain,random,oracle}.pkl``). This script adapts the run's
 meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per step, every
-method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside the paper's.
+method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside the paper's,
+and the paired difference per goal between the meta-trained policy and each baseline.
 
     python benchmarks/ant_paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3]
 
@@ -58,10 +59,14 @@ def main() -> None:
     print(f"{args.run}: the paper's 40 goals, {config.test_trajectories} trajectories of {config.horizon} steps "
           "per inner step (mean ± 95% CI over goals)")
     print(f"{'method':<22}" + "".join(f"{f'{k} steps':>18}" for k in range(args.steps + 1)))
+    ours = {}
     for name, learner in learners.items():
         learner.trajectories = config.test_trajectories
-        ours = returns_by_step(learner, family, tasks, args.steps, torch.Generator().manual_seed(7)).numpy()
-        print(f"{name:<22}" + "".join(f"{cell(ours[:, k]):>18}" for k in range(args.steps + 1)))
+        ours[name] = returns_by_step(learner, family, tasks, args.steps, torch.Generator().manual_seed(7)).numpy()
+        print(f"{name:<22}" + "".join(f"{cell(ours[name][:, k]):>18}" for k in range(args.steps + 1)))
+    for name in [n for n in ours if n != "maml"]:  # the same goals and noise: paired per goal
+        paired = ours["maml"] - ours[name]
+        print(f"{'maml - ' + name:<22}" + "".join(f"{cell(paired[:, k]):>18}" for k in range(args.steps + 1)))
     for name, theirs in METHODS.items():
         path = Path(args.icml) / f"{PAPER[config.env][0]}{theirs}.pkl"
         if not path.is_file():
