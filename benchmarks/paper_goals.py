@@ -1,16 +1,18 @@
-"""An ``ant-vel`` or ``ant-dir`` run on the paper's own 40 test goals, beside the paper's returns.
+"""A locomotion run (recipes ``ant-vel``, ``ant-dir``, ``cheetah-vel``, ``cheetah-dir``) on the paper's 40 test goals.
 
-cbfinn/maml_rl's test scripts draw their goals with ``np.random.seed(1); np.random.uniform(0, 3, 40)``
-(``maml_examples/test_maml_ant.py``, goal velocities) and ``np.random.seed(2); np.random.uniform(0, 3, 40)``
-(``test_maml_ant_direc.py``, backward below 1.5), and commit the average return per goal and inner step
-(``icml/icml_ant{,direc}_results_{maml,pretrain,random,oracle}.pkl``). This script adapts the run's
-meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per step, every
-method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside the paper's,
-and the paired difference per goal between the meta-trained policy and each baseline.
+cbfinn/maml_rl's test scripts draw their goals with ``np.random.seed(s); np.random.uniform(0, high, 40)``:
+seed 1 and high 3 for Ant goal velocities (``maml_examples/test_maml_ant.py``), seed 2 and high 3 for Ant
+directions (``test_maml_ant_direc.py``), seed 1 and high 2 for HalfCheetah velocities and directions
+(``test_maml_cheetah.py``, ``test_maml_cheetah_direc.py``); a direction goal is backward below ``high / 2``
+(``rllab/envs/mujoco/*_rand_direc.py``). They commit the average return per goal and inner step
+(``icml/icml_{ant,antdirec,cheetah,cheetahdirec}_results_{maml,pretrain,random,oracle}.pkl``). This script
+adapts the run's meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per
+step, every method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside
+the paper's, and the paired difference per goal between the meta-trained policy and each baseline.
 
-    python benchmarks/ant_paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3]
+    python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3]
 
-The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles of lists); nothing is downloaded.
+The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles); nothing is downloaded.
 """
 
 import argparse
@@ -25,17 +27,23 @@ from fastmaml.rl import config as rlcfg
 from fastmaml.rl import train as runs
 from fastmaml.rl.evaluate import returns_by_step
 
-PAPER = {"ant-vel": ("icml_ant_results_", 1), "ant-dir": ("icml_antdirec_results_", 2)}  # pickle prefix, goal seed
+PAPER = {  # pickle prefix, goal seed, goals ~ U(0, high)
+    "ant-vel": ("icml_ant_results_", 1, 3.0),
+    "ant-dir": ("icml_antdirec_results_", 2, 3.0),
+    "half-cheetah-vel": ("icml_cheetah_results_", 1, 2.0),
+    "half-cheetah-dir": ("icml_cheetahdirec_results_", 1, 2.0),
+}
 METHODS = {"maml": "maml", "pretrained": "pretrain", "random": "random", "oracle": "oracle"}  # ours: the paper's
 
 
 def paper_goals(env: str) -> list[dict]:
-    """The 40 tasks of the paper's test script for ``env`` (ant-vel or ant-dir)."""
-    np.random.seed(PAPER[env][1])
-    goals = np.random.uniform(0.0, 3.0, size=(40,))
-    if env == "ant-vel":
+    """The 40 tasks of the paper's test script for ``env`` (a key of ``PAPER``)."""
+    _, seed, high = PAPER[env]
+    np.random.seed(seed)
+    goals = np.random.uniform(0.0, high, size=(40,))
+    if env.endswith("-vel"):
         return [{"velocity": float(g)} for g in goals]
-    return [{"direction": -1 if g < 1.5 else 1} for g in goals]
+    return [{"direction": -1 if g < high / 2 else 1} for g in goals]
 
 
 def cell(values: np.ndarray) -> str:
@@ -50,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     config = rlcfg.load(Path(args.run) / "config.yaml")
     if config.env not in PAPER:
-        raise SystemExit(f"{args.run} trains env={config.env}; this script compares ant-vel and ant-dir runs")
+        raise SystemExit(f"{args.run} trains env={config.env}; this script compares {', '.join(PAPER)} runs")
     family = runs.build_family(config)
     tasks = paper_goals(config.env)
     learners = {"maml": runs.load(args.run)}
