@@ -19,20 +19,20 @@ import torch
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl import train as runs
 from fastmaml.rl.evaluate import returns_by_step
+from paper_goals import paper_goals
 
 RANGES = [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5), (1.5, 2.0)]
 
 
 def main(run: str, paper_pickle: str) -> None:
-    np.random.seed(1)  # cbfinn/maml_rl, maml_examples/test_maml_cheetah.py
-    goals = np.random.uniform(0.0, 2.0, size=(40,))
+    tasks = paper_goals("half-cheetah-vel")  # cbfinn/maml_rl, maml_examples/test_maml_cheetah.py
+    goals = np.array([task["velocity"] for task in tasks])
     with open(paper_pickle, "rb") as f:
         paper = np.array(pickle.load(f, encoding="latin1")["task_avg_returns"]).T  # (40 goals, 4 steps)
     config = rlcfg.load(f"{run}/config.yaml")
     learner = runs.load(run)
     learner.trajectories = config.test_trajectories
     family = runs.build_family(config)
-    tasks = [{"velocity": float(goal)} for goal in goals]
     ours = returns_by_step(learner, family, tasks, 1, torch.Generator().manual_seed(7)).numpy()
     print(f"{run}: the paper's 40 goals, {learner.trajectories} trajectories per step (mean return)")
     print(f"{'goals':>10} {'n':>3} {'ours before':>12} {'ours 1 step':>12} {'paper before':>13} {'paper 1 step':>13}")

@@ -16,7 +16,6 @@ The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles); nothing i
 """
 
 import argparse
-import math
 import pickle
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl import train as runs
 from fastmaml.rl.evaluate import returns_by_step
+from fastmaml.train.evaluate import mean_ci95
 
 PAPER = {  # pickle prefix, goal seed, goals ~ U(0, high)
     "ant-vel": ("icml_ant_results_", 1, 3.0),
@@ -47,7 +47,8 @@ def paper_goals(env: str) -> list[dict]:
 
 
 def cell(values: np.ndarray) -> str:
-    return f"{values.mean():8.1f} ± {1.96 * values.std(ddof=1) / math.sqrt(len(values)):5.1f}"
+    mean, ci95 = mean_ci95(torch.as_tensor(values))
+    return f"{mean:8.1f} ± {ci95:5.1f}"
 
 
 def main() -> None:
