@@ -230,6 +230,19 @@ def test_evaluation_reports_success_only_where_the_family_does():
     assert [r["steps"] for r in results["maml"]["success"]] == [0, 1]
     assert all(0 <= r["mean"] <= 1 for r in results["maml"]["success"])
     assert "maml success %" in format_table(results)
+    # a second method: its success paired with the first's, task by task; the mean of the differences is the
+    # difference of the means, and the pairing is tighter than either interval where the tasks spread
+    torch.manual_seed(1)
+    other = MetaRL(GaussianPolicy(2, 2, (8,)), trajectories=2, horizon=5)
+    both = evaluate({"maml": learner, "other": other}, Solved(horizon=5), 6, 1, seed=0, mean_episodes=2)
+    paired = both["other"]["paired"]
+    for key, rates in (("success", lambda r: r["success"]), ("mean_action_success",
+                                                             lambda r: r["mean_action"]["success"])):
+        for row, mine, theirs in zip(paired[key], rates(both["maml"]), rates(both["other"])):
+            assert row["mean"] == pytest.approx(mine["mean"] - theirs["mean"], abs=1e-12)
+    table = format_table(both)
+    assert "maml - other success %" in table and "maml - other success % mean action" in table
+    assert "paired" not in both["maml"]
     plain = evaluate({"maml": learner}, Navigation2DTasks(horizon=5), 3, 1, seed=0)
     assert "success" not in plain["maml"] and "success" not in format_table(plain)
 

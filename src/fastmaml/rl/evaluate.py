@@ -107,7 +107,8 @@ def evaluate(learners: dict[str, MetaRL], family, num_tasks: int, steps: int, se
 
     Every method after the first also gets ``"paired"``: the first method's return minus its own, task by
     task (the same tasks and sampling noise), mean and 95% CI per step: a comparison far tighter than two
-    overlapping intervals, since the spread between tasks cancels. With ``mean_episodes`` > 0 every method
+    overlapping intervals, since the spread between tasks cancels; where the family reports success, its
+    ``"success"`` and ``"mean_action_success"`` are paired the same way. With ``mean_episodes`` > 0 every method
     also gets ``"mean_action"``: ``{"episodes", "returns", "success"}`` of that many mean-action episodes per
     task and step (Meta-World's protocol: 3)."""
     if num_tasks < 1:
@@ -120,7 +121,7 @@ def evaluate(learners: dict[str, MetaRL], family, num_tasks: int, steps: int, se
     tasks = (list(test_tasks(num_tasks, torch.Generator().manual_seed(seed))) if test_tasks is not None
              else sample_tasks(family, num_tasks, torch.Generator().manual_seed(seed)))
     results: dict[str, dict] = {}
-    first_name, first_returns = next(iter(learners)), None
+    first_name, first_scores = next(iter(learners)), None
     for name, learner in learners.items():
         # the same sampling noise for every method: differences come from the parameters alone
         generator = torch.Generator().manual_seed(seed + 1)
@@ -129,10 +130,10 @@ def evaluate(learners: dict[str, MetaRL], family, num_tasks: int, steps: int, se
         results[name] = {"returns": summarise(scores.returns)}
         if scores.success is not None:
             results[name]["success"] = summarise(scores.success)
-        if first_returns is None:
-            first_returns = scores.returns
+        if first_scores is None:
+            first_scores = scores
         else:
-            results[name]["paired"] = {"minuend": first_name, "returns": summarise(first_returns - scores.returns)}
+            results[name]["paired"] = _paired(first_name, first_scores, scores)
         if scores.mean_returns is not None:
             mean_action = {"episodes": mean_episodes, "returns": summarise(scores.mean_returns)}
             if scores.mean_success is not None:
@@ -146,6 +147,17 @@ def evaluate(learners: dict[str, MetaRL], family, num_tasks: int, steps: int, se
     return results
 
 
+def _paired(minuend: str, first: Scores, other: Scores) -> dict:
+    """The first method's scores minus ``other``'s, task by task: returns, and success rates (of the sampled
+    and of the mean-action episodes) where both report them."""
+    paired = {"minuend": minuend, "returns": summarise(first.returns - other.returns)}
+    if first.success is not None and other.success is not None:
+        paired["success"] = summarise(first.success - other.success)
+    if first.mean_success is not None and other.mean_success is not None:
+        paired["mean_action_success"] = summarise(first.mean_success - other.mean_success)
+    return paired
+
+
 def format_table(results: dict) -> str:
     """Average return by inner steps, one row per method (mean ± 95% CI), then the paired differences, then
     the success rates in percent where the family reports them (Meta-World), then the mean-action scores."""
@@ -153,10 +165,15 @@ def format_table(results: dict) -> str:
     labelled = [(name, result["returns"], "") for name, result in results.items()]
     labelled += [(f"{result['paired']['minuend']} - {name}", result["paired"]["returns"], "+")
                  for name, result in results.items() if "paired" in result]
+    paired = {name: result["paired"] for name, result in results.items() if "paired" in result}
     labelled += _percent([(f"{name} success %", result.get("success")) for name, result in results.items()])
+    labelled += _percent([(f"{p['minuend']} - {name} success %", p.get("success")) for name, p in paired.items()],
+                         "+")
     means = {name: result["mean_action"] for name, result in results.items() if "mean_action" in result}
     labelled += [(f"{name} mean action", mean["returns"], "") for name, mean in means.items()]
     labelled += _percent([(f"{name} success % mean action", mean.get("success")) for name, mean in means.items()])
+    labelled += _percent([(f"{p['minuend']} - {name} success % mean action", p.get("mean_action_success"))
+                          for name, p in paired.items()], "+")
     width = max(12, *(len(label) + 1 for label, _, _ in labelled))
     rows = [f"{'method':<{width}}" + "".join(f"{f'{k} steps':>18}" for k in range(steps))]
     for label, returns, sign in labelled:
@@ -164,6 +181,6 @@ def format_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def _percent(rates: list[tuple[str, list[dict] | None]]) -> list[tuple[str, list[dict], str]]:
-    return [(label, [{k: 100 * r[k] for k in ("mean", "ci95")} for r in rate], "") for label, rate in rates
+def _percent(rates: list[tuple[str, list[dict] | None]], sign: str = "") -> list[tuple[str, list[dict], str]]:
+    return [(label, [{k: 100 * r[k] for k in ("mean", "ci95")} for r in rate], sign) for label, rate in rates
             if rate is not None]
