@@ -230,8 +230,8 @@ def test_evaluation_reports_success_only_where_the_family_does():
     assert [r["steps"] for r in results["maml"]["success"]] == [0, 1]
     assert all(0 <= r["mean"] <= 1 for r in results["maml"]["success"])
     assert "maml success %" in format_table(results)
-    # a second method: its success paired with the first's, task by task; the mean of the differences is the
-    # difference of the means, and the pairing is tighter than either interval where the tasks spread
+    # a second method: its success paired with the first's, task by task (sampled and mean-action episodes);
+    # the mean of the differences is the difference of the means
     torch.manual_seed(1)
     other = MetaRL(GaussianPolicy(2, 2, (8,)), trajectories=2, horizon=5)
     both = evaluate({"maml": learner, "other": other}, Solved(horizon=5), 6, 1, seed=0, mean_episodes=2)

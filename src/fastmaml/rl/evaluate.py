@@ -160,12 +160,12 @@ def _paired(minuend: str, first: Scores, other: Scores) -> dict:
 
 def format_table(results: dict) -> str:
     """Average return by inner steps, one row per method (mean ± 95% CI), then the paired differences, then
-    the success rates in percent where the family reports them (Meta-World), then the mean-action scores."""
+    the success rates in percent where the family reports them (Meta-World) and their paired differences,
+    then the mean-action scores the same way."""
     steps = len(next(iter(results.values()))["returns"])
-    labelled = [(name, result["returns"], "") for name, result in results.items()]
-    labelled += [(f"{result['paired']['minuend']} - {name}", result["paired"]["returns"], "+")
-                 for name, result in results.items() if "paired" in result]
     paired = {name: result["paired"] for name, result in results.items() if "paired" in result}
+    labelled = [(name, result["returns"], "") for name, result in results.items()]
+    labelled += [(f"{p['minuend']} - {name}", p["returns"], "+") for name, p in paired.items()]
     labelled += _percent([(f"{name} success %", result.get("success")) for name, result in results.items()])
     labelled += _percent([(f"{p['minuend']} - {name} success %", p.get("success")) for name, p in paired.items()],
                          "+")
