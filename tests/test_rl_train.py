@@ -3,6 +3,8 @@ user's own task family through the generic gymnasium sampler, and bad input."""
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -129,6 +131,43 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a["policy"][name], b["policy"][name]), name
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["history"]]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
+
+
+def test_the_pretrained_baseline_resumes_exactly(tmp_path, monkeypatch, capsys):
+    """SIGTERM while the pretrained baseline trains: a checkpoint of its own, a one-line message, and
+    ``--resume`` finishes it bit for bit as an uninterrupted run does."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    overrides = [o for o in TINY if not o.startswith(("iterations", "baseline", "checkpoint"))]
+    overrides += ["iterations=1", "baseline_iterations=4", "checkpoint_every=10"]
+    assert main(["train", "nav2d", *overrides, "--out", str(full), "--no-progress"]) == 0
+    original = rltrain.meta_step
+
+    def signalled(learner, family, config, generator, optimizer, iteration, kept):
+        if not learner.inner_steps and iteration == 2:  # the baseline's second iteration
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(learner, family, config, generator, optimizer, iteration, kept)
+
+    monkeypatch.setattr(rltrain, "meta_step", signalled)
+    capsys.readouterr()
+    assert main(["train", "nav2d", *overrides, "--out", str(part), "--no-progress"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fastmaml: interrupted at iteration 3 of the pretrained baseline's 4; resume with fastmaml train "
+        f"--resume {part}")
+    assert torch.load(part / "baseline-checkpoint.pt")["iteration"] == 3 and not (part / "baselines.pt").exists()
+    monkeypatch.setattr(rltrain, "meta_step", original)
+    assert main(["train", "--resume", str(part), "--no-progress"]) == 0
+    assert not (part / "baseline-checkpoint.pt").exists()
+    a, b = torch.load(full / "baselines.pt"), torch.load(part / "baselines.pt")
+    for name in ("pretrained", "random"):
+        for key in a[name]:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+    def lines(run):
+        rows = [json.loads(line) for line in (run / "baseline-metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert len(lines(full)) == 4 and lines(full) == lines(part)
+    assert json.loads((full / "eval.json").read_text()) == json.loads((part / "eval.json").read_text())
 
 
 @pytest.mark.parametrize("override", ["outer=adam", "first_order=true", "execution=loop"])

@@ -27,8 +27,9 @@ from fastmaml.rl.trpo import TRPOConfig, trpo_step
 from fastmaml.train import folder
 from fastmaml.train.checkpoint import load_checkpoint, random_state, restore_random_state, save_atomic, \
     write_text_atomic
-from fastmaml.train.folder import BASELINES, CONFIG, DTYPES, EVAL, LAST, METRICS, check_run_dir, restoring
-from fastmaml.train.loop import LoopState, StopRequest, check_finite, run_loop
+from fastmaml.train.folder import BASELINE_LAST, BASELINE_METRICS, BASELINES, CONFIG, DTYPES, EVAL, LAST, METRICS, \
+    check_run_dir, restoring
+from fastmaml.train.loop import Interrupted, LoopState, StopRequest, check_finite, run_loop
 
 log = logging.getLogger(__name__)
 RATES, SOURCE = "inner_lr or max_kl/outer_lr", "the env's rewards"  # what a non-finite update names
@@ -174,14 +175,14 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
                  metrics_path=run_dir / METRICS, stop=stop, max_minutes=config.max_minutes, progress=progress)
     save(state)
     if config.baseline_iterations and not (run_dir / BASELINES).is_file():
-        train_baselines(config, run_dir, family)
+        train_baselines(config, run_dir, family, progress=progress)
     return evaluate_run(run_dir) if evaluate_at_end else None
 
 
 class MetaRLSteps:
     """Meta-RL's part of the one loop (:func:`fastmaml.train.loop.run_loop`): one :func:`meta_step` per
     iteration, each iteration's record a metrics line, the progress bar showing the returns before and after
-    adaptation averaged since its last update."""
+    adaptation averaged since its last update (the one return of a learner without inner steps)."""
 
     def __init__(self, learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.Generator,
                  optimizer: torch.optim.Optimizer | None) -> None:
@@ -201,6 +202,8 @@ class MetaRLSteps:
             return [self.record], None
         shown = {"before": float(np.mean([r["return_before"] for r in self.recent])),
                  "after": float(np.mean([r["return_after"] for r in self.recent]))}
+        if not self.learner.inner_steps:  # the pretrained baseline: no step, one return
+            shown = {"return": shown["after"]}
         self.recent = []
         return [self.record], shown
 
@@ -221,19 +224,45 @@ def _restore(checkpoint: dict, learner: MetaRL, optimizer, generator: torch.Gene
         return LoopState(checkpoint["iteration"], history=list(checkpoint["history"]))
 
 
-def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family) -> None:
+def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: bool = True) -> None:
     """The paper's baselines: a policy trained by TRPO on the task mixture (no adaptation in training)
-    and a random initialisation; both are fine-tuned at test time by the same inner steps."""
+    and a random initialisation; both are fine-tuned at test time by the same inner steps.
+
+    The pretrained policy's iterations run in the one loop with their own progress bar, metrics
+    (``baseline-metrics.jsonl``) and checkpoints (``baseline-checkpoint.pt``, every ``checkpoint_every`` and on
+    SIGINT/SIGTERM), so ``--resume`` continues them exactly; ``baselines.pt`` replaces the checkpoint at the end.
+    """
     pretrained = build_learner(config, family, config.seed + 1)
+    random_init = build_learner(config, family, config.seed + 1)  # the pretrained policy's untrained weights
     mixture = MetaRL(pretrained.policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
                      config.trajectories, config.horizon, config.normalize_advantages,
                      cast(Execution, config.execution))  # no inner step in training: the rule plays no part
     generator = torch.Generator().manual_seed(config.seed + 2)
-    for i in range(config.baseline_iterations):
-        meta_step(mixture, family, config, generator, None, i + 1, "")
-    random_init = build_learner(config, family, config.seed + 1)
+    state, where = LoopState(), run_dir / BASELINE_LAST
+    if where.is_file():
+        state = _restore(load_checkpoint(where), mixture, None, generator, where)
+    folder.reopen(run_dir, state.history, BASELINE_METRICS)
+
+    def save(state: LoopState) -> None:
+        save_atomic({"policy": pretrained.policy.state_dict(), "iteration": state.iteration,
+                     "history": state.history, "random": random_state({"train": generator})}, where)
+
+    log.info("the pretrained baseline: %d TRPO iterations on the task mixture (%s)", config.baseline_iterations,
+             BASELINE_METRICS)
+    stop = StopRequest()
+    with stop.installed():
+        try:
+            run_loop(MetaRLSteps(mixture, family, config, generator, None), state,
+                     iterations=config.baseline_iterations, log_every=config.log_every, checkpoint=save,
+                     checkpoint_every=config.checkpoint_every, metrics_path=run_dir / BASELINE_METRICS, stop=stop,
+                     progress=progress)
+        except Interrupted as stopped:
+            stopped.args = (f"interrupted at iteration {stopped.iteration} of the pretrained baseline's "
+                            f"{config.baseline_iterations}; resume with fastmaml train --resume {run_dir}",)
+            raise
     save_atomic({"pretrained": pretrained.policy.state_dict(), "random": random_init.policy.state_dict()},
                 run_dir / BASELINES)
+    where.unlink(missing_ok=True)
 
 
 def load(run_dir: str | Path, which: str = "last") -> MetaRL:

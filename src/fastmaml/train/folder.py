@@ -20,6 +20,8 @@ from fastmaml.train.checkpoint import load_checkpoint, write_text_atomic
 
 CONFIG, METRICS, LAST, BEST, BASELINES, EVAL, TENSORBOARD = (
     "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json", "tensorboard")
+# meta-RL's pretrained baseline while it trains: its checkpoint (removed once baselines.pt is written) and metrics
+BASELINE_LAST, BASELINE_METRICS = "baseline-checkpoint.pt", "baseline-metrics.jsonl"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -77,11 +79,11 @@ def create(config: Any, run_dir: Path, overwrite: bool) -> None:
     write_config(config, run_dir)
 
 
-def reopen(run_dir: Path, history: list[dict]) -> None:
-    """A folder to continue: ``metrics.jsonl`` may run past the checkpoint (or end in half a line after a kill),
+def reopen(run_dir: Path, history: list[dict], metrics: str = METRICS) -> None:
+    """A folder to continue: ``metrics`` may run past the checkpoint (or end in half a line after a kill),
     so it is rewritten from the checkpoint's history, exactly what was logged up to its iteration; half-written
     files of a killed atomic save are removed."""
-    write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / METRICS)
+    write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / metrics)
     for leftover in run_dir.glob(".*.tmp"):
         leftover.unlink()
 
