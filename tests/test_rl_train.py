@@ -19,6 +19,8 @@ from fastmaml.rl import CategoricalPolicy, GaussianPolicy, MetaRL  # noqa: E402
 from fastmaml.rl import config as rlcfg  # noqa: E402
 from fastmaml.rl import train as rltrain  # noqa: E402
 from fastmaml.rl.envs import Navigation2D, Navigation2DTasks  # noqa: E402
+from fastmaml.rl.evaluate import evaluate  # noqa: E402
+from fastmaml.rl.sampler import collect  # noqa: E402
 from fastmaml.rl.trpo import TRPOConfig, trpo_step  # noqa: E402
 
 TINY = ["iterations=2", "meta_batch_size=3", "trajectories=4", "horizon=10", "policy.hidden=[8]",
@@ -203,10 +205,10 @@ def test_an_unknown_inner_rule_is_refused():
 class Corridor(gymnasium.Env):
     """A user's own env: a walk on a line with two discrete actions, the goal a task parameter."""
 
-    def __init__(self, goal, reward_scale=1.0):
+    def __init__(self, goal, reward_scale=1.0, success_key=None):
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
         self.action_space = gymnasium.spaces.Discrete(2)
-        self.goal, self.scale = goal, reward_scale
+        self.goal, self.scale, self.success_key = goal, reward_scale, success_key
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -216,19 +218,65 @@ class Corridor(gymnasium.Env):
     def step(self, action):
         self.x += 0.1 if action == 1 else -0.1
         self.t += 1
-        return np.array([self.x], np.float32), -abs(self.x - self.goal) * self.scale, False, self.t >= 6, {}
+        info = {self.success_key: abs(self.x - self.goal) < 0.15} if self.success_key else {}
+        return np.array([self.x], np.float32), -abs(self.x - self.goal) * self.scale, False, self.t >= 6, info
 
 
 class CorridorTasks:
-    def __init__(self, count=None, reward_scale=1.0):
-        self.count, self.scale = count, reward_scale
+    def __init__(self, count=None, reward_scale=1.0, success_key=None):
+        self.count, self.scale, self.success_key = count, reward_scale, success_key
 
     def sample_tasks(self, n, generator):
         goals = (torch.rand(n if self.count is None else self.count, generator=generator) - 0.5).tolist()
         return [{"goal": g} for g in goals]
 
     def make_env(self, task):
-        return Corridor(task["goal"], self.scale)
+        return Corridor(task["goal"], self.scale, self.success_key)
+
+
+@pytest.mark.parametrize("key", ["success", "is_success"])
+def test_a_users_family_that_reports_success_is_scored_by_it(key):
+    """The generic sampler reads ``info["success"]`` (Meta-World) or ``info["is_success"]`` (gymnasium-robotics):
+    an episode succeeds where it was reported at some step, checked against the episode's own positions; the
+    evaluation then reports a success rate; a family that reports nothing has none."""
+    learner = MetaRL(CategoricalPolicy(1, 2, hidden=(8,)).double(), trajectories=4, horizon=6)
+    family = CorridorTasks(success_key=key)
+    tasks = family.sample_tasks(5, torch.Generator().manual_seed(0))
+    episodes = collect(family, learner.policy, learner.params(), tasks, 4, 6, torch.Generator().manual_seed(1))
+    after = episodes.observations[..., 0] + torch.where(episodes.actions == 1, 0.1, -0.1)  # x after each step
+    goals = torch.tensor([task["goal"] for task in tasks], dtype=torch.float64).view(-1, 1, 1)
+    # float64: every step holds its own observation, not a view of the sampler's buffer
+    assert torch.allclose(episodes.observations[..., 1:, 0], after[..., :-1])
+    expected = ((after - goals).abs() < 0.15).any(-1).double()
+    assert episodes.success.shape == (5, 4) and torch.equal(episodes.success, expected)
+    assert 0 < expected.mean() < 1  # some episodes succeed and some do not: the check has teeth
+    results = evaluate({"maml": learner}, family, 3, 1, seed=0)
+    assert [r["steps"] for r in results["maml"]["success"]] == [0, 1]
+    plain = collect(CorridorTasks(), learner.policy, learner.params(), tasks, 2, 6, torch.Generator())
+    assert plain.success is None and "success" not in evaluate({"maml": learner}, CorridorTasks(), 3, 1, 0)["maml"]
+
+
+def test_a_run_whose_family_reports_success_logs_and_plots_it(tmp_path):
+    """Through the CLI, a user's family (``env=module:Factory``) that reports success: the metrics lines carry
+    the success rate before and after the step, ``eval.json`` the meta-test's, and the plot gains a success
+    panel beside each return panel (four panels: twice the width of a family without success)."""
+    pytest.importorskip("matplotlib")
+    widths = {}
+    for key in ("success", None):
+        out = tmp_path / f"run-{key}"
+        recipe = tmp_path / f"corridor-{key}.yaml"  # a recipe of the user's own, as docs/how-to shows
+        recipe.write_text(yaml.safe_dump({"kind": "rl", "env": "test_rl_train:CorridorTasks",
+                                          "env_options": {"success_key": key} if key else {}}))
+        overrides = [o for o in TINY if not o.startswith(("baseline", "horizon"))]
+        assert main(["train", str(recipe), *overrides, "baseline_iterations=0", "horizon=6", "--out", str(out),
+                     "--no-progress"]) == 0
+        lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert all(("success_after" in line) == bool(key) for line in lines)
+        assert ("success" in json.loads((out / "eval.json").read_text())["maml"]) == bool(key)
+        assert main(["plot", str(out)]) == 0
+        png = (out / "plot.png").read_bytes()
+        widths[key] = int.from_bytes(png[16:20], "big")  # the PNG header's width
+    assert widths["success"] == 2 * widths[None]
 
 
 def test_a_users_own_family_trains_through_the_generic_sampler():

@@ -22,6 +22,9 @@ class Episodes:
         outputs: the sampling policy's output for every observation (detached), the "old" policy of
             TRPO's importance ratio and KL.
         advantages: (tasks, N, T), filled in by :func:`fastmaml.rl.baseline.with_advantages`.
+        success: (tasks, N), 1.0 where the episode solved its task at some step, else 0.0, for families whose
+            environments report it (Meta-World's ``info["success"]``, gymnasium-robotics' ``info["is_success"]``);
+            None otherwise.
     """
 
     observations: Tensor
@@ -30,10 +33,12 @@ class Episodes:
     mask: Tensor
     outputs: Output
     advantages: Tensor | None = None
+    success: Tensor | None = None
 
     @staticmethod
-    def from_steps(steps: list[tuple]) -> Episodes:
-        """From per-step tuples ``(obs, actions, rewards, mask, output)``, each with leading (tasks, N)."""
+    def from_steps(steps: list[tuple], success: Tensor | None = None) -> Episodes:
+        """From per-step tuples ``(obs, actions, rewards, mask, output)``, each with leading (tasks, N), and the
+        episodes' ``success`` where the environments report it."""
         obs, actions, rewards, mask, outputs = zip(*steps)
         output: Output
         if isinstance(outputs[0], (tuple, list)):
@@ -42,7 +47,7 @@ class Episodes:
         else:
             output = torch.stack(outputs, 2).detach()
         return Episodes(torch.stack(obs, 2), torch.stack(actions, 2).detach(), torch.stack(rewards, 2),
-                        torch.stack(mask, 2), output)
+                        torch.stack(mask, 2), output, success=success)
 
     @staticmethod
     def cat(parts: list[Episodes], dim: int) -> Episodes:

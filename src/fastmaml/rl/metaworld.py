@@ -26,11 +26,9 @@ benchmarks/metaworld_sampler.py), any other skill through its own step.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from fastmaml.threads import process_cores
 from fastmaml.rl._gym import gymnasium
@@ -66,11 +64,7 @@ def skill_names() -> list[str]:
     return list(_metaworld().ML1.ENV_NAMES)
 
 
-@dataclass(frozen=True)
-class SuccessEpisodes(Episodes):
-    """Episodes with ``success`` (tasks, N): 1.0 where the episode solved its task at some step, else 0.0."""
-
-    success: Tensor | None = None
+SuccessEpisodes = Episodes  # fastmaml 0.2's name for episodes with success; Episodes carries it now
 
 
 class _MetaWorldTasks:
@@ -147,7 +141,7 @@ class _MetaWorldTasks:
         return envs
 
     def rollout(self, act, tasks: list[dict], trajectories: int, horizon: int, dtype: torch.dtype = torch.float32,
-                generator: torch.Generator | None = None) -> SuccessEpisodes:
+                generator: torch.Generator | None = None) -> Episodes:
         """``trajectories`` episodes of ``horizon`` steps for every task, every task stepped in lockstep;
         ``act(obs (tasks, N, 39))`` returns the actions and the policy output behind them
         (:class:`~fastmaml.rl.sawyer.Lockstep` steps the environments). Where every task's skill is batched
@@ -159,17 +153,9 @@ class _MetaWorldTasks:
             copies = [env for env in envs for _ in range(trajectories)]
             lockstep = Lockstep(copies, [s for s in skills for _ in range(trajectories)], self.threads,
                                 datas=[data for env in envs for data in self._copies(env, trajectories)])
-            episodes, success = self._episode(lockstep, act, horizon, dtype, trajectories)
-            return SuccessEpisodes(**{f.name: getattr(episodes, f.name) for f in fields(Episodes)}, success=success)
+            return self._episode(lockstep, act, horizon, dtype, trajectories)
         lockstep = Lockstep(envs, skills, self.threads)
-        runs, successes = [], []
-        for _ in range(trajectories):
-            episodes, success = self._episode(lockstep, act, horizon, dtype, 1)
-            runs.append(episodes)
-            successes.append(success)
-        joined = Episodes.cat(runs, dim=1)
-        return SuccessEpisodes(**{f.name: getattr(joined, f.name) for f in fields(Episodes)},
-                               success=torch.cat(successes, 1))
+        return Episodes.cat([self._episode(lockstep, act, horizon, dtype, 1) for _ in range(trajectories)], dim=1)
 
     def _copies(self, env, n: int) -> list:
         """``n`` simulations of ``env``'s model, kept for later rollouts (about 0.4 MB each)."""
@@ -181,8 +167,7 @@ class _MetaWorldTasks:
         return datas[:n]
 
     @staticmethod
-    def _episode(lockstep: Lockstep, act, horizon: int, dtype: torch.dtype, per_task: int
-                 ) -> tuple[Episodes, Tensor]:
+    def _episode(lockstep: Lockstep, act, horizon: int, dtype: torch.dtype, per_task: int) -> Episodes:
         """One episode of every entry of ``lockstep``: ``per_task`` consecutive entries per task."""
         n = len(lockstep.envs)
         tasks = n // per_task
@@ -203,7 +188,7 @@ class _MetaWorldTasks:
                 raise ValueError(DIVERGED)
             solved |= success
             steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(tasks, per_task), ones, output))
-        return Episodes.from_steps(steps), torch.as_tensor(solved, dtype=dtype).view(tasks, per_task)
+        return Episodes.from_steps(steps, torch.as_tensor(solved, dtype=dtype).view(tasks, per_task))
 
 
 def _skill(name: str) -> str:

@@ -11,6 +11,7 @@ itself, batched.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -71,22 +72,35 @@ def _gym_rollout(family, act, tasks: list, trajectories: int, horizon: int, gene
     envs = [family.make_env(task) for task in tasks]
     seeds = torch.randint(0, 2**31 - 1, (trajectories, len(tasks)), generator=generator).tolist()
     runs = [_gym_episode(envs, act, horizon, row, dtype) for row in seeds]
+    if any(run.success is None for run in runs):  # success only where every episode's environment reported it
+        runs = [replace(run, success=None) for run in runs]
     return Episodes.cat(runs, dim=1)
 
 
+SUCCESS_KEYS = ("success", "is_success")  # info keys: Meta-World's, gymnasium-robotics'
+
+
 def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.dtype) -> Episodes:
+    """One episode per environment, in lockstep; an episode succeeds where its ``info`` reported success
+    (:data:`SUCCESS_KEYS`) at some step, and the episodes carry ``success`` where every environment reported it."""
     obs = np.stack([np.asarray(env.reset(seed=s)[0], dtype=np.float64).reshape(-1) for env, s in zip(envs, seeds)])
     alive = np.ones(len(envs), dtype=bool)
+    solved, reported = np.zeros(len(envs), dtype=bool), np.zeros(len(envs), dtype=bool)
     steps = []
     for _ in range(horizon):
-        obs_t = torch.as_tensor(obs, dtype=dtype).view(len(envs), 1, *envs[0].observation_space.shape)
+        # a copy (torch.tensor): obs is updated in place below, and as_tensor would share it at dtype float64
+        obs_t = torch.tensor(obs, dtype=dtype).view(len(envs), 1, *envs[0].observation_space.shape)
         actions, output = act(obs_t)
         rewards, mask = np.zeros(len(envs)), alive.astype(np.float64)
         chosen = actions.numpy()
         for i, env in enumerate(envs):
             if alive[i]:
-                new_obs, reward, terminated, truncated, _ = env.step(_env_action(env, chosen[i, 0]))
+                new_obs, reward, terminated, truncated, info = env.step(_env_action(env, chosen[i, 0]))
                 rewards[i] = reward
+                success = next((info[key] for key in SUCCESS_KEYS if key in info), None)
+                if success is not None:
+                    reported[i] = True
+                    solved[i] |= bool(success)
                 obs[i] = np.asarray(new_obs, dtype=np.float64).reshape(-1)
                 alive[i] = not (terminated or truncated)
         steps.append((obs_t, actions, torch.as_tensor(rewards, dtype=dtype).view(-1, 1),
@@ -97,7 +111,8 @@ def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.d
     while len(steps) < horizon:
         obs_t, actions, rewards_t, mask_t, output = steps[-1]
         steps.append((obs_t, actions, torch.zeros_like(rewards_t), torch.zeros_like(mask_t), output))
-    return Episodes.from_steps(steps)
+    success = torch.as_tensor(solved, dtype=dtype).view(-1, 1) if reported.all() else None
+    return Episodes.from_steps(steps, success)
 
 
 def _env_action(env, action: np.ndarray):
