@@ -153,16 +153,30 @@ def test_the_pretrained_baseline_resumes_exactly(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", "nav2d", *overrides, "--out", str(part), "--no-progress"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"fastmaml: interrupted at iteration 3 of the pretrained baseline's 4; resume with fastmaml train "
-        f"--resume {part}")
-    assert torch.load(part / "baseline-checkpoint.pt")["iteration"] == 3 and not (part / "baselines.pt").exists()
+        f"fastmaml: interrupted at iteration 2 of the pretrained baseline's 4; resume with fastmaml train "
+        f"--resume {part}")  # the signal came during iteration 2: it stops after it
+    assert torch.load(part / "baseline-checkpoint.pt")["iteration"] == 2 and not (part / "baselines.pt").exists()
     monkeypatch.setattr(rltrain, "meta_step", original)
+    with (part / "baseline-metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 3, "retu')  # a line cut off by a kill after the checkpoint: rewritten on resume
     assert main(["train", "--resume", str(part), "--no-progress"]) == 0
     assert not (part / "baseline-checkpoint.pt").exists()
     a, b = torch.load(full / "baselines.pt"), torch.load(part / "baselines.pt")
     for name in ("pretrained", "random"):
         for key in a[name]:
             assert torch.equal(a[name][key], b[name][key]), (name, key)
+    # and both are the plain loop's: TRPO without an inner step, from the seeds the baseline is defined by
+    config = rlcfg.load(full / "config.yaml")
+    family = rltrain.build_family(config)
+    policy = rltrain.build_learner(config, family, config.seed + 1).policy
+    untrained = {k: v.clone() for k, v in policy.state_dict().items()}
+    plain = MetaRL(policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
+                   config.trajectories, config.horizon, config.normalize_advantages, config.execution)
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    for i in range(4):
+        rltrain.meta_step(plain, family, config, generator, None, i + 1, "")
+    for key, value in policy.state_dict().items():
+        assert torch.equal(a["pretrained"][key], value) and torch.equal(a["random"][key], untrained[key]), key
 
     def lines(run):
         rows = [json.loads(line) for line in (run / "baseline-metrics.jsonl").read_text().splitlines()]
@@ -205,10 +219,10 @@ def test_an_unknown_inner_rule_is_refused():
 class Corridor(gymnasium.Env):
     """A user's own env: a walk on a line with two discrete actions, the goal a task parameter."""
 
-    def __init__(self, goal, reward_scale=1.0, success_key=None):
+    def __init__(self, goal, reward_scale=1.0, success_key=None, report_only_true=False):
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32)
         self.action_space = gymnasium.spaces.Discrete(2)
-        self.goal, self.scale, self.success_key = goal, reward_scale, success_key
+        self.goal, self.scale, self.success_key, self.only_true = goal, reward_scale, success_key, report_only_true
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -218,20 +232,21 @@ class Corridor(gymnasium.Env):
     def step(self, action):
         self.x += 0.1 if action == 1 else -0.1
         self.t += 1
-        info = {self.success_key: abs(self.x - self.goal) < 0.15} if self.success_key else {}
+        solved = abs(self.x - self.goal) < 0.15
+        info = {self.success_key: solved} if self.success_key and (solved or not self.only_true) else {}
         return np.array([self.x], np.float32), -abs(self.x - self.goal) * self.scale, False, self.t >= 6, info
 
 
 class CorridorTasks:
-    def __init__(self, count=None, reward_scale=1.0, success_key=None):
-        self.count, self.scale, self.success_key = count, reward_scale, success_key
+    def __init__(self, count=None, reward_scale=1.0, success_key=None, report_only_true=False):
+        self.count, self.scale, self.success_key, self.only_true = count, reward_scale, success_key, report_only_true
 
     def sample_tasks(self, n, generator):
         goals = (torch.rand(n if self.count is None else self.count, generator=generator) - 0.5).tolist()
         return [{"goal": g} for g in goals]
 
     def make_env(self, task):
-        return Corridor(task["goal"], self.scale, self.success_key)
+        return Corridor(task["goal"], self.scale, self.success_key, self.only_true)
 
 
 @pytest.mark.parametrize("key", ["success", "is_success"])
@@ -254,6 +269,10 @@ def test_a_users_family_that_reports_success_is_scored_by_it(key):
     assert [r["steps"] for r in results["maml"]["success"]] == [0, 1]
     plain = collect(CorridorTasks(), learner.policy, learner.params(), tasks, 2, 6, torch.Generator())
     assert plain.success is None and "success" not in evaluate({"maml": learner}, CorridorTasks(), 3, 1, 0)["maml"]
+    # an environment that reports success only when true: the episodes it never reported count as unsolved
+    only_true = CorridorTasks(success_key=key, report_only_true=True)
+    sparse = collect(only_true, learner.policy, learner.params(), tasks, 4, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(sparse.success, expected)
 
 
 def test_a_run_whose_family_reports_success_logs_and_plots_it(tmp_path):
@@ -277,6 +296,22 @@ def test_a_run_whose_family_reports_success_logs_and_plots_it(tmp_path):
         png = (out / "plot.png").read_bytes()
         widths[key] = int.from_bytes(png[16:20], "big")  # the PNG header's width
     assert widths["success"] == 2 * widths[None]
+    # the panels draw the run's numbers: success by step from eval.json, the curve from metrics.jsonl
+    import matplotlib.pyplot as plt
+
+    from fastmaml.rl.plot import success_curve_panel, success_panel
+
+    results = json.loads((out.parent / "run-success" / "eval.json").read_text())
+    history = [json.loads(line) for line in (out.parent / "run-success" / "metrics.jsonl").read_text().splitlines()]
+    fig, (by_step, curve) = plt.subplots(1, 2)
+    success_panel(by_step, results)
+    success_curve_panel(curve, history)
+    drawn = {bars.get_label(): list(bars.lines[0].get_ydata()) for bars in by_step.containers}
+    assert drawn == {name: [pytest.approx(100 * r["mean"]) for r in result["success"]]
+                     for name, result in results.items() if "success" in result}
+    assert [list(line.get_ydata()) for line in curve.get_lines()] == [
+        [pytest.approx(100 * r[k]) for r in history] for k in ("success_before", "success_after")]
+    plt.close(fig)
 
 
 def test_a_users_own_family_trains_through_the_generic_sampler():

@@ -53,7 +53,7 @@ class Episodes:
     def cat(parts: list[Episodes], dim: int) -> Episodes:
         """Episodes joined along ``dim`` (1: more trajectories per task)."""
         def join(values):
-            if values[0] is None:
+            if any(value is None for value in values):  # success: only where every part has it
                 return None
             if isinstance(values[0], tuple):
                 return tuple(torch.cat(column, dim) for column in zip(*values))

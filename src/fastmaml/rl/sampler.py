@@ -72,20 +72,25 @@ def _gym_rollout(family, act, tasks: list, trajectories: int, horizon: int, gene
     envs = [family.make_env(task) for task in tasks]
     seeds = torch.randint(0, 2**31 - 1, (trajectories, len(tasks)), generator=generator).tolist()
     runs = [_gym_episode(envs, act, horizon, row, dtype) for row in seeds]
-    if any(run.success is None for run in runs):  # success only where every episode's environment reported it
-        runs = [replace(run, success=None) for run in runs]
-    return Episodes.cat(runs, dim=1)
+    episodes = Episodes.cat([run for run, _, _ in runs], dim=1)
+    if not any(reported for _, _, reported in runs):
+        return episodes
+    solved = np.stack([run_solved for _, run_solved, _ in runs], 1)  # (tasks, trajectories)
+    return replace(episodes, success=torch.as_tensor(solved, dtype=dtype))
 
 
 SUCCESS_KEYS = ("success", "is_success")  # info keys: Meta-World's, gymnasium-robotics'
 
 
-def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.dtype) -> Episodes:
-    """One episode per environment, in lockstep; an episode succeeds where its ``info`` reported success
-    (:data:`SUCCESS_KEYS`) at some step, and the episodes carry ``success`` where every environment reported it."""
+def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.dtype
+                 ) -> tuple[Episodes, np.ndarray, bool]:
+    """One episode per environment, in lockstep; whether each was solved (its ``info`` reported success,
+    :data:`SUCCESS_KEYS`, at some step), and whether any environment reported success at all. Where one did,
+    an episode whose environment never reported it counts as unsolved (some environments report it only
+    when true, or only at their own end)."""
     obs = np.stack([np.asarray(env.reset(seed=s)[0], dtype=np.float64).reshape(-1) for env, s in zip(envs, seeds)])
     alive = np.ones(len(envs), dtype=bool)
-    solved, reported = np.zeros(len(envs), dtype=bool), np.zeros(len(envs), dtype=bool)
+    solved, reported = np.zeros(len(envs), dtype=bool), False
     steps = []
     for _ in range(horizon):
         # a copy (torch.tensor): obs is updated in place below, and as_tensor would share it at dtype float64
@@ -99,7 +104,7 @@ def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.d
                 rewards[i] = reward
                 success = next((info[key] for key in SUCCESS_KEYS if key in info), None)
                 if success is not None:
-                    reported[i] = True
+                    reported = True
                     solved[i] |= bool(success)
                 obs[i] = np.asarray(new_obs, dtype=np.float64).reshape(-1)
                 alive[i] = not (terminated or truncated)
@@ -111,8 +116,7 @@ def _gym_episode(envs: list, act, horizon: int, seeds: list[int], dtype: torch.d
     while len(steps) < horizon:
         obs_t, actions, rewards_t, mask_t, output = steps[-1]
         steps.append((obs_t, actions, torch.zeros_like(rewards_t), torch.zeros_like(mask_t), output))
-    success = torch.as_tensor(solved, dtype=dtype).view(-1, 1) if reported.all() else None
-    return Episodes.from_steps(steps, success)
+    return Episodes.from_steps(steps), solved, reported
 
 
 def _env_action(env, action: np.ndarray):

@@ -176,13 +176,17 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
     save(state)
     if config.baseline_iterations and not (run_dir / BASELINES).is_file():
         train_baselines(config, run_dir, family, progress=progress)
+    (run_dir / BASELINE_LAST).unlink(missing_ok=True)  # a kill between writing baselines.pt and removing it
     return evaluate_run(run_dir) if evaluate_at_end else None
 
 
 class MetaRLSteps:
     """Meta-RL's part of the one loop (:func:`fastmaml.train.loop.run_loop`): one :func:`meta_step` per
     iteration, each iteration's record a metrics line, the progress bar showing the returns before and after
-    adaptation averaged since its last update (the one return of a learner without inner steps)."""
+    adaptation averaged since its last update (the one return of a learner without inner steps). One process:
+    a signal during an iteration stops the loop after it (``solo``)."""
+
+    solo = True
 
     def __init__(self, learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.Generator,
                  optimizer: torch.optim.Optimizer | None) -> None:
@@ -233,7 +237,6 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: 
     SIGINT/SIGTERM), so ``--resume`` continues them exactly; ``baselines.pt`` replaces the checkpoint at the end.
     """
     pretrained = build_learner(config, family, config.seed + 1)
-    random_init = build_learner(config, family, config.seed + 1)  # the pretrained policy's untrained weights
     mixture = MetaRL(pretrained.policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
                      config.trajectories, config.horizon, config.normalize_advantages,
                      cast(Execution, config.execution))  # no inner step in training: the rule plays no part
@@ -260,6 +263,7 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: 
             stopped.args = (f"interrupted at iteration {stopped.iteration} of the pretrained baseline's "
                             f"{config.baseline_iterations}; resume with fastmaml train --resume {run_dir}",)
             raise
+    random_init = build_learner(config, family, config.seed + 1)  # the pretrained policy's untrained weights
     save_atomic({"pretrained": pretrained.policy.state_dict(), "random": random_init.policy.state_dict()},
                 run_dir / BASELINES)
     where.unlink(missing_ok=True)

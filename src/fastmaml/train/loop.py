@@ -50,7 +50,9 @@ class Steps(Protocol):
     (``due``: a log line is due, so a kind that logs in blocks returns its block) and what the progress bar
     shows (None when not ``due``); ``settle`` raises a failure found since the last call (a non-finite step
     checked late) before anything is written; ``running`` is what a checkpoint keeps of a block in progress.
-    ``kept`` names the last checkpoint, for the one-line errors.
+    ``kept`` names the last checkpoint, for the one-line errors. A kind whose one process decides alone may set
+    ``solo = True``: a signal that arrives during a step then stops the loop after that step, rather than after
+    the next (whose start is where several processes agree on it).
     """
 
     def step(self, iteration: int, stopping: bool, out_of_time: bool, kept: str) -> tuple[bool, bool]: ...
@@ -187,6 +189,8 @@ def run_loop(
             signalled = stop is not None and stop.signum != 0
             stopping, out_of_time = steps.step(state.iteration + 1, signalled, time.perf_counter() >= deadline,
                                                kept())
+            if getattr(steps, "solo", False) and stop is not None and stop.signum:
+                stopping = True  # a signal during the step: nothing to agree on, so stop after it
             state.iteration += 1
             last = state.iteration == iterations or out_of_time
             due = state.iteration % log_every == 0 or last
