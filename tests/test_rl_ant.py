@@ -2,12 +2,13 @@
 termination and its mask, bad input."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("gymnasium")
+gymnasium = pytest.importorskip("gymnasium")
 mujoco = pytest.importorskip("mujoco")
 
 from fastmaml.cli import main  # noqa: E402
@@ -17,6 +18,7 @@ from fastmaml.rl.baseline import with_advantages  # noqa: E402
 from fastmaml.rl.objectives import pack_target, pg_loss  # noqa: E402
 
 RLLAB = {"frame_skip": 2, "observation": "rllab", "start_noise": "normal", "velocity": "com"}  # the recipes'
+RLLAB_MODEL = {**RLLAB, "frame_skip": 1, "physics": "rllab"}  # and maml_rl's own model: one 0.02 s step, soft contacts
 NQ = 15
 
 
@@ -32,8 +34,10 @@ def scripted(actions: np.ndarray):
 
 
 @pytest.mark.parametrize("family", [AntVel(), AntDir(), AntVel(**RLLAB),
-                                    AntDir(frame_skip=1, observation="rllab", velocity="root")],
-                         ids=["vel", "dir", "vel-rllab", "dir-rllab-obs-root-velocity"])
+                                    AntDir(frame_skip=1, observation="rllab", velocity="root"),
+                                    AntDir(**RLLAB_MODEL), AntVel(frame_skip=3, physics="rllab")],
+                         ids=["vel", "dir", "vel-rllab", "dir-rllab-obs-root-velocity", "dir-rllab-model",
+                              "vel-rllab-model-v5-mdp"])
 def test_batched_rollout_is_gymnasiums_ant(family):
     """Same start state and actions: the batched rollout's observations, rewards and terminations are
     gymnasium's Ant-v5 (with the family's options) with the task's reward, to 1e-9 over 20 steps."""
@@ -42,7 +46,7 @@ def test_batched_rollout_is_gymnasiums_ant(family):
     actions = np.random.default_rng(0).uniform(-1.5, 1.5, (steps, envs, 8))  # beyond the bounds: clipped
     episodes = family.rollout(scripted(actions), tasks, 3, steps, torch.float64, torch.Generator().manual_seed(1))
     assert episodes.observations.shape == (2, 3, steps, 125 if family.observation == "rllab" else 105)
-    start = family._start(ant_model(), envs, torch.Generator().manual_seed(1))
+    start = family._start(family.model, envs, torch.Generator().manual_seed(1))
     ended = 0
     for env_index in range(envs):
         task, trajectory = divmod(env_index, 3)
@@ -68,7 +72,7 @@ def test_batched_rollout_is_gymnasiums_ant(family):
 def reference(family, task: dict, start: np.ndarray, actions: np.ndarray) -> tuple[list[float], list[bool]]:
     """maml_rl's reward and ``done`` written out on one MjData: ``frame_skip`` physics steps, then Ant-v5's
     reading of the last one (``mj_rnePostConstraint``, the torso's xpos) or rllab's ``forward()``."""
-    model = ant_model()
+    model = family.model
     data = mujoco.MjData(model)
     data.qpos[:], data.qvel[:] = start[1:1 + NQ], start[1 + NQ:]
     mujoco.mj_forward(model, data)
@@ -97,14 +101,15 @@ def reference(family, task: dict, start: np.ndarray, actions: np.ndarray) -> tup
     return rewards, done
 
 
-@pytest.mark.parametrize("family", [AntVel(**RLLAB), AntDir(**RLLAB), AntDir()], ids=["vel", "dir", "dir-v5"])
+@pytest.mark.parametrize("family", [AntVel(**RLLAB), AntDir(**RLLAB), AntDir(), AntDir(**RLLAB_MODEL)],
+                         ids=["vel", "dir", "dir-v5", "dir-rllab-model"])
 def test_rewards_are_maml_rl_s_from_mujoco_s_state(family):
     tasks = [{"velocity": 0.7}, {"velocity": 2.5}] if isinstance(family, AntVel) else [{"direction": 1},
                                                                                        {"direction": -1}]
     steps = 12
     actions = np.random.default_rng(2).uniform(-1.2, 1.2, (steps, 4, 8))
     episodes = family.rollout(scripted(actions), tasks, 2, steps, torch.float64, torch.Generator().manual_seed(3))
-    start = family._start(ant_model(), 4, torch.Generator().manual_seed(3))
+    start = family._start(family.model, 4, torch.Generator().manual_seed(3))
     for env_index in range(4):
         task, trajectory = divmod(env_index, 2)
         rewards, done = reference(family, tasks[task], start[env_index], actions[:, env_index])
@@ -158,6 +163,36 @@ def test_a_terminated_episode_is_masked_out_of_the_baseline_and_the_policy_gradi
         losses = [pg_loss((policy(obs[i]), log_std.expand(*obs[i].shape[:-1], 8)), target[i])
                   for obs in (episodes.observations, noisy)]
         assert losses[0].item() == pytest.approx(losses[1].item(), abs=1e-12)
+
+
+def test_rllab_physics_is_maml_rl_s_ant_xml():
+    """``physics="rllab"`` on Ant-v5's compiled model against a model compiled from Ant-v5's ``ant.xml``
+    edited as maml_rl's ``vendor/mujoco_models/ant.xml`` differs from it (its time step, its default geom's
+    solref and solimp): the same parameters, and the same states over 50 steps of a random controller."""
+    path = Path(gymnasium.__file__).parent / "envs" / "mujoco" / "assets" / "ant.xml"
+    xml = path.read_text()
+    edits = [('<option integrator="RK4" timestep="0.01"/>', '<option integrator="RK4" timestep="0.02"/>'),
+             ('<geom conaffinity="0" condim="3"', '<geom solref=".02 1" solimp=".8 .8 .01" conaffinity="0" condim="3"')]
+    for before, after in edits:
+        assert xml.count(before) == 1
+        xml = xml.replace(before, after)
+    models = [mujoco.MjModel.from_xml_string(xml, {}), ant_model("rllab")]
+    assert models[1].opt.timestep == 0.02 and ant_model("v5").opt.timestep == 0.01
+    for field in ("geom_solimp", "geom_solref", "geom_margin", "body_mass", "actuator_gear", "dof_damping"):
+        np.testing.assert_array_equal(getattr(models[0], field), getattr(models[1], field), err_msg=field)
+    assert not np.array_equal(ant_model("v5").geom_solimp, models[1].geom_solimp)
+    controls = np.random.default_rng(0).uniform(-1, 1, (50, 8))
+    trajectories = []
+    for model in models:
+        data = mujoco.MjData(model)
+        data.qpos[:] = model.numeric("init_qpos").data
+        states = []
+        for control in controls:
+            data.ctrl[:] = control
+            mujoco.mj_step(model, data)
+            states.append(np.concatenate([data.qpos, data.qvel]))
+        trajectories.append(np.array(states))
+    np.testing.assert_array_equal(*trajectories)
 
 
 def test_tasks_are_drawn_from_maml_rl_s_distributions():
@@ -219,6 +254,8 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
         AntVel(start_noise="gauss")
     with pytest.raises(ValueError, match="low < high"):
         AntVel(low=3, high=0)
+    with pytest.raises(ValueError, match="physics='mujoco'; use v5 .* or rllab"):
+        AntDir(physics="mujoco")
     with pytest.raises(ValueError, match="frame_skip=0"):
         AntDir(frame_skip=0)
     with pytest.raises(ValueError, match="horizon=0"):

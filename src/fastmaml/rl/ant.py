@@ -21,6 +21,11 @@ mask, so the baseline fit and the policy-gradient and TRPO objectives skip them 
 Where rllab's Ant differs from Ant-v5, an option gives rllab's (maml_rl's ``vendor/mujoco_models/ant.xml``
 steps 0.02 s once per step, so ``frame_skip=2`` on Ant-v5's 0.01 s model runs the paper's clock):
 
+- ``physics``: ``"v5"`` (Ant-v5's model: RK4 steps of 0.01 s, MuJoCo's default contact softness, solimp
+  0.9 0.95 0.001) or ``"rllab"`` (maml_rl's ``ant.xml``: RK4 steps of 0.02 s, so ``frame_skip=1`` is the
+  paper's clock, and every geom's contacts at solimp 0.8 0.8 0.01, softer and wider; solref 0.02 1 is
+  MuJoCo's default in both). The bodies, joints and motors are the same in both files.
+
 - ``observation``: ``"v5"`` (Ant-v5's 105 numbers: qpos without x and y, qvel, clip(F[1:]); F as Ant-v5
   reads it, after the step's last physics step) or ``"rllab"`` (maml_rl's 125: qpos, qvel, clip(F), the
   torso's rotation matrix and its subtree's centre of mass; F after rllab's ``forward()`` at the new state).
@@ -30,9 +35,9 @@ steps 0.02 s once per step, so ``frame_skip=2`` on Ant-v5's 0.01 s model runs th
 - ``velocity``: ``"root"`` (Ant-v5's ``x_velocity``, the torso's x displacement over the step) or ``"com"``
   (rllab's ``get_body_comvel("torso")``, the whole ant's centre-of-mass velocity, the paper's reward).
 
-The recipes ``ant-vel`` and ``ant-dir`` run rllab's MDP on this physics: the paper's figures are returns of
-that MDP. What stays Ant-v5's: two RK4 steps of 0.01 s where rllab takes one of 0.02 s, MuJoCo's default
-contact softness (solimp 0.9 0.95 0.001; rllab's model sets 0.8 0.8 0.01), and today's MuJoCo (rllab's: 1.31).
+The recipes ``ant-vel`` and ``ant-dir`` run rllab's MDP on Ant-v5's physics (``physics: v5``,
+``frame_skip: 2``): the paper's figures are returns of that MDP. ``physics: rllab`` with ``frame_skip: 1``
+runs rllab's model as well; what stays apart either way is today's MuJoCo (rllab's: 1.31).
 
 A task runs two ways, as HalfCheetah's (:mod:`fastmaml.rl.locomotion`): ``make_env(task)``, a
 ``gymnasium.Env`` (Ant-v5 with the task's reward), and ``rollout(...)``, every trajectory of a meta-batch
@@ -65,17 +70,32 @@ SURVIVE = 0.05  # survive_reward
 VELOCITY_BONUS = 1.0  # the goal-velocity task's "+ 1.0  # make it happy, not suicidal"
 HEALTHY_Z = (0.2, 1.0)  # the torso's height while the episode runs
 OBSERVATIONS = ("v5", "rllab")
+PHYSICS = ("v5", "rllab")
+RLLAB_TIMESTEP = 0.02  # maml_rl's ant.xml: <option timestep="0.02" integrator="RK4"/>
+RLLAB_SOLIMP = (0.8, 0.8, 0.01, 0.5, 2.0)  # its default geom's solimp=".8 .8 .01"; midpoint and power MuJoCo's
+RLLAB_SOLREF = (0.02, 1.0)  # its default geom's solref=".02 1" (MuJoCo's default too)
 DIVERGED = ("the MuJoCo simulation diverged (non-finite actions or state, or a reset state); the policy's "
             "actions are out of the model's range: lower the inner or outer step size")
 
 
-@functools.lru_cache(maxsize=1)
-def ant_model():
-    """gymnasium's Ant model (``ant.xml``), compiled once."""
+@functools.lru_cache(maxsize=2)
+def ant_model(physics: str = "v5"):
+    """gymnasium's Ant model (``ant.xml``), compiled once, as ``physics`` says (:func:`use_physics`)."""
     mujoco, _ = _mujoco()
     path = os.path.join(os.path.dirname(gymnasium().__file__), "envs", "mujoco", "assets", "ant.xml")
     with model_warnings():
-        return mujoco.MjModel.from_xml_path(path)
+        model = mujoco.MjModel.from_xml_path(path)
+    use_physics(model, physics)
+    return model
+
+
+def use_physics(model, physics: str) -> None:
+    """Set Ant-v5's compiled ``model`` to ``physics``: ``"v5"`` leaves it as it is; ``"rllab"`` gives it
+    maml_rl's time step and the contact softness of every geom (the floor's included)."""
+    if physics == "rllab":
+        model.opt.timestep = RLLAB_TIMESTEP
+        model.geom_solimp[:] = RLLAB_SOLIMP
+        model.geom_solref[:] = RLLAB_SOLREF
 
 
 def probe(model, data, states: np.ndarray, ctrl: np.ndarray, step: bool) -> dict[str, np.ndarray]:
@@ -189,12 +209,15 @@ class _AntTasks:
     """What both families share: the environments, the batched rollout, the reward by task."""
 
     def __init__(self, horizon: int = 200, threads: int = 0, frame_skip: int = FRAME_SKIP, observation: str = "v5",
-                 start_noise: str = "uniform", velocity: str = "root") -> None:
+                 start_noise: str = "uniform", velocity: str = "root", physics: str = "v5") -> None:
         if horizon < 1:
             raise ValueError(f"horizon={horizon}; an episode needs at least 1 step")
         if frame_skip < 1:
-            raise ValueError(f"frame_skip={frame_skip}; use 2 (rllab's 0.02 s step, the paper's) or more physics "
-                             "steps per step (Ant-v5: 5)")
+            raise ValueError(f"frame_skip={frame_skip}; use the physics steps per step: 2 on Ant-v5's 0.01 s "
+                             "(the paper's 0.02 s step), 1 with physics=rllab, 5 for Ant-v5's own")
+        if physics not in PHYSICS:
+            raise ValueError(f"physics={physics!r}; use v5 (Ant-v5's model) or rllab (maml_rl's time step and "
+                             "contact softness)")
         if threads < 0:
             raise ValueError(f"threads={threads}; use 0 (every core) or a positive count")
         if observation not in OBSERVATIONS:
@@ -205,8 +228,14 @@ class _AntTasks:
             raise ValueError(f"velocity={velocity!r}; use root (Ant-v5's) or com (rllab's, the paper's)")
         self.horizon, self.frame_skip = horizon, frame_skip
         self.observation, self.start_noise, self.velocity = observation, start_noise, velocity
+        self.physics = physics
         self.threads = threads or process_cores()  # 0: every core this process may use
         self._datas: list = []
+
+    @property
+    def model(self):
+        """The compiled MuJoCo model the rollout steps (``physics``'s)."""
+        return ant_model(self.physics)
 
     @property
     def needs_step(self) -> bool:
@@ -241,6 +270,7 @@ class _AntTasks:
         _mujoco()
         with model_warnings():
             env = gym.make("Ant-v5", frame_skip=self.frame_skip, max_episode_steps=self.horizon)
+        use_physics(env.unwrapped.model, self.physics)  # Ant-v5's dt reads the model's time step
         return _task_wrapper()(env, self, task)
 
     # -- every task's trajectories at once -------------------------------------------------------------
@@ -252,7 +282,7 @@ class _AntTasks:
         ``act(obs (tasks, N, 105 or 125))`` returns the actions and the policy output behind them. A
         terminated episode is no longer stepped; its later steps have zero reward and zero mask."""
         mujoco, _ = _mujoco()
-        model = ant_model()
+        model = self.model
         while len(self._datas) < self.threads + 1:  # the pool's, and a scratch one for probe
             self._datas.append(mujoco.MjData(model))
         envs, nq = len(tasks) * trajectories, model.nq
@@ -351,10 +381,10 @@ class AntVel(_AntTasks):
 
     def __init__(self, low: float = 0.0, high: float = 3.0, horizon: int = 200, threads: int = 0,
                  frame_skip: int = FRAME_SKIP, observation: str = "v5", start_noise: str = "uniform",
-                 velocity: str = "root") -> None:
+                 velocity: str = "root", physics: str = "v5") -> None:
         if not low < high:
             raise ValueError(f"low={low}, high={high}; the velocity range needs low < high")
-        super().__init__(horizon, threads, frame_skip, observation, start_noise, velocity)
+        super().__init__(horizon, threads, frame_skip, observation, start_noise, velocity, physics)
         self.low, self.high = low, high
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
