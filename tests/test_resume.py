@@ -130,6 +130,29 @@ def check_graceful_stop(status: int, signum: int, err: str, run: Path) -> None:
     assert [h["iteration"] for h in checkpoint["history"]] == logged and checkpoint["running"][1] == iteration % 5
 
 
+def test_one_process_stops_after_the_iteration_the_signal_arrived_in(tmp_path, capsys, monkeypatch):
+    """SIGTERM during iteration 7's step: the checkpoint is iteration 7's, not one iteration later."""
+    from fastmaml.train import outer
+
+    original = outer.OuterSteps.step
+
+    def step(self, iteration, *args):
+        if iteration == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs now, in the middle of the step
+        return original(self, iteration, *args)
+
+    monkeypatch.setattr(outer.OuterSteps, "step", step)
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        status = main(["train", "sinusoid", *OVERRIDES, "--out", str(run), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 128 + signal.SIGTERM
+    assert "interrupted at iteration 7;" in capsys.readouterr().err
+    assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 7
+
+
 def test_interrupted_and_killed_runs_resume_bit_identical(tmp_path, capsys):
     """SIGTERM, SIGKILL, SIGKILL at random moments, SIGINT, resuming after each: the same bits as no interruption."""
     rng = random.Random(0)

@@ -112,6 +112,11 @@ class OuterSteps:
         self.unread = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device
         self.tick = time.perf_counter()
 
+    @property
+    def solo(self) -> bool:
+        """One process decides alone: a signal during a step stops the loop after it (several agree later)."""
+        return not self.dist.enabled
+
     def step(self, iteration: int, stopping: bool, out_of_time: bool, kept: str) -> tuple[bool, bool]:
         begin = getattr(self.algorithm, "begin_iteration", None)
         if begin is not None:
