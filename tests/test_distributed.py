@@ -306,3 +306,40 @@ def test_buffers_the_outer_loss_moves_are_all_reduced_as_one_process_moves_them(
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-13, atol=1e-15, msg=name)
     assert torch.equal(two["model.1.running_mean"], start["model.1.running_mean"])  # unmoved: bit for bit
+
+
+def _gloo_threads() -> list[str]:
+    tasks = Path("/proc/self/task")
+    return [t.name for t in tasks.iterdir() if (t / "comm").read_text().strip() == "pt_gloo_runloop"]
+
+
+def _closing_rank(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    fresh = "torch._dynamo" not in sys.modules  # else the test proves nothing
+    context = distributed.from_env()
+    parameter = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    torch.optim.Adam([parameter])  # loads torch._dynamo, as every training run does once the group exists
+    parameter.grad = torch.full_like(parameter, rank + 1.0)
+    context.allreduce_grads([parameter], torch.tensor(1.0, dtype=torch.float64))
+    running = len(_gloo_threads())
+    context.close(barrier=True)
+    Path(out, f"rank-{rank}.json").write_text(json.dumps(
+        {"fresh": fresh, "running": running, "left": len(_gloo_threads()), "grad": parameter.grad.tolist()}))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through Linux's /proc")
+def test_closing_the_group_ends_gloos_worker_threads_before_the_interpreter_exits(tmp_path):
+    """A gloo worker thread alive at the interpreter's exit, asking for the GIL to free a tensor, ends a
+    finished run with "terminate called without an active exception" (status 134). torch._dynamo, which
+    torch.optim loads, keeps the group alive past destroy_process_group when it is first imported after the
+    group exists; the context imports it first, so closing ends the threads."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_closing_rank, args=(free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        assert report["fresh"] and report["running"] >= 1, report
+        assert report["left"] == 0, report
+        assert report["grad"] == [3.0, 3.0, 3.0]

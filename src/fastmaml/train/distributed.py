@@ -39,6 +39,8 @@ T = TypeVar("T")
 REPORT_DIR = "FASTMAML_REPORT_DIR"
 SHARED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError,
                  KeyError)
+# The last collectives of the latest closed Context, freed when the interpreter frees this module (see Context.close).
+_LAST_WORKS: list[Any] = []
 
 
 def _floating_buffers(module: nn.Module) -> list[Tensor]:
@@ -57,6 +59,7 @@ class Context:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.comm_seconds = 0.0
         self.owns_group = False
+        self._works: dict[str, list[Any]] = {}  # the latest all-reduces, per call site (see close)
 
     @property
     def is_main(self) -> bool:
@@ -111,8 +114,6 @@ class Context:
         """
         if not self.enabled:
             return loss, tuple(flags)
-        import torch.distributed as dist
-
         start = time.perf_counter()
         grads = [p.grad for p in params if p.grad is not None]
         groups: dict[tuple, list[Tensor]] = {}
@@ -122,6 +123,7 @@ class Context:
             groups[(loss.dtype, loss.device)] = []
         out_loss, out_flags = loss, tuple(flags)
         extra = 1 + len(flags)
+        works = self._works["grads"] = []
         for i, ((dtype, device), group) in enumerate(groups.items()):
             parts = [g.reshape(-1) for g in group]
             if i == 0:  # (loss, *flags) ride at the end of the first buffer
@@ -130,7 +132,7 @@ class Context:
             flat = torch.cat(parts)
             if i == 0 and flags:  # counts of ranks that raised each flag
                 flat[-len(flags):] = torch.tensor([float(f) for f in flags], dtype=dtype)
-            dist.all_reduce(flat)
+            works.append(_all_reduce(flat))
             offset = 0
             for g in group:
                 g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -155,16 +157,15 @@ class Context:
         A buffer no rank changed stays bit for bit what it was."""
         if not self.enabled or not before:
             return
-        import torch.distributed as dist
-
         start = time.perf_counter()
         buffers = _floating_buffers(module)
         groups: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
         for b, old in zip(buffers, before):
             groups.setdefault((b.dtype, b.device), []).append((b, old))
+        works = self._works["buffers"] = []
         for group in groups.values():
             moved = torch.cat([(b.detach() - old).reshape(-1) for b, old in group]).mul_(local_tasks / global_tasks)
-            dist.all_reduce(moved)
+            works.append(_all_reduce(moved))
             offset = 0
             with torch.no_grad():
                 for b, old in group:
@@ -199,19 +200,32 @@ class Context:
         """Leave the process group. ``barrier=True`` when every rank gets here together (after the loop):
         ranks that tear down gloo at different moments can abort in its connection threads.
 
-        The barrier's work (which holds the collectives before it) stays referenced here until the group
-        is destroyed: otherwise gloo's worker thread may free it, and the tensors whose Python objects are
-        gone, just as ``destroy_process_group`` joins that thread holding the GIL the free needs (a
-        deadlock of about 1 exit in 8 on torch 2.4)."""
+        ``destroy_process_group`` joins gloo's worker threads (see :func:`from_env`) while this thread holds
+        the GIL, and a worker drops its reference to a collective just after the caller's wait returns: if
+        that reference were the last, the worker would free the collective's tensors, which takes the GIL,
+        and the join would never end (about 1 exit in 8 on torch 2.4). So the last collectives (the barrier
+        and the latest all-reduces) stay referenced here until the workers are gone; when something else
+        keeps the group alive, until the interpreter frees this module or the next Context closes."""
+        works = [work for site in self._works.values() for work in site]
+        self._works.clear()
         if self.owns_group:
             import torch.distributed as dist
 
-            pending = dist.barrier(async_op=True) if barrier else None
-            if pending is not None:
-                pending.wait()
+            if barrier:
+                works.append(dist.barrier(async_op=True))
+                works[-1].wait()
             dist.destroy_process_group()
-            del pending  # freed here, on the thread that holds the GIL
             self.owns_group = False
+        _LAST_WORKS[:] = works  # and the previous Context's are freed, long after its workers let go
+
+
+def _all_reduce(tensor: Tensor) -> Any:
+    """``dist.all_reduce(tensor)``, returning its finished work for the caller to keep (see :meth:`Context.close`)."""
+    import torch.distributed as dist
+
+    work = dist.all_reduce(tensor, async_op=True)
+    work.wait()
+    return work
 
 
 def from_env() -> Context:
@@ -231,6 +245,13 @@ def from_env() -> Context:
         raise ImportError("this torch build has no torch.distributed; install a torch with distributed support")
     context = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
+        # Imported after the group exists, torch._dynamo (which torch.optim and torch.compile load) keeps
+        # references to it: destroy_process_group would then leave gloo's worker threads running into the
+        # interpreter's exit, where one that asks for the GIL ends the process with "terminate called
+        # without an active exception" (status 134) after a finished run (about 2 exits in 5 of a 2-process
+        # run on one core, torch 2.14).
+        import torch._dynamo  # noqa: F401
+
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
         dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
         context.owns_group = True
