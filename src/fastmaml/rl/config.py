@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastmaml.rl.sampler import BUDGETS
 from fastmaml.train import config as cfg
 
 KIND = "rl"
@@ -41,7 +42,9 @@ class RLConfig:
     per inner step at meta-test (0: ``trajectories``; the MAML paper trains its goal-velocity cheetah on 10
     and tests on 20). ``eval_mean_episodes``: at meta-test, also score each policy on this many episodes of
     its mean action before and after each inner step, episodes it never adapts on (Meta-World's protocol: 3;
-    0: only the sampled episodes).
+    0: only the sampled episodes). ``budget``: what ``trajectories`` buys each task per inner step, that many
+    episodes (``trajectories``) or ``trajectories`` x ``horizon`` environment steps in as many complete
+    episodes as that takes (``steps``: maml_rl's sampler, which runs more episodes where they end early).
     """
 
     kind: str = KIND
@@ -51,6 +54,7 @@ class RLConfig:
     meta_batch_size: int = 20
     trajectories: int = 20
     horizon: int = 100
+    budget: str = "trajectories"
     inner_lr: float = 0.1
     inner_steps: int = 1
     inner_rule: str = "sgd"
@@ -104,7 +108,7 @@ class RLConfig:
             raise ValueError(f"ls_ratio={self.ls_ratio}; the backtracking factor must lie in (0, 1)")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"gamma={self.gamma}, gae_lambda={self.gae_lambda}; both must lie in [0, 1]")
-        choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "execution": ("auto", "vmap", "loop"),
+        choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "budget": BUDGETS, "execution": ("auto", "vmap", "loop"),
                    "dtype": ("float32", "float64"), "policy.activation": ("relu", "tanh"),
                    "policy.init": ("torch", "glorot")}
         for name, valid in choices.items():

@@ -12,7 +12,8 @@ from fastmaml.rl.policies import Output
 
 @dataclass(frozen=True)
 class Episodes:
-    """``trajectories`` episodes of ``horizon`` steps for each task of a meta-batch.
+    """``trajectories`` episodes of ``horizon`` steps for each task of a meta-batch (some of them padding,
+    see :meth:`ran`, where a step budget gave tasks different counts).
 
     Attributes:
         observations: (tasks, N, T, obs_dim) the observation each action was taken in.
@@ -64,6 +65,31 @@ class Episodes:
     def returns(self) -> Tensor:
         """Undiscounted return of every trajectory: (tasks, N)."""
         return self.rewards.sum(-1)
+
+    def ran(self) -> Tensor:
+        """(tasks, N): 1 for an episode that ran, 0 for a padding one (a step budget gives tasks different
+        episode counts, :func:`fastmaml.rl.sampler.collect`)."""
+        return self.mask[..., 0]
+
+    def per_task_mean(self, values: Tensor) -> Tensor:
+        """(tasks,) mean of per-episode ``values`` (tasks, N) over each task's episodes that ran."""
+        ran = self.ran()
+        if bool((ran > 0).all()):
+            return values.mean(1)
+        return (values * ran).sum(1) / ran.sum(1).clamp(min=1)
+
+    def pooled_mean(self, values: Tensor) -> Tensor:
+        """Mean of per-episode ``values`` (tasks, N) over every episode that ran (rllab's AverageReturn)."""
+        ran = self.ran() > 0
+        return values.mean() if bool(ran.all()) else values[ran].mean()
+
+    def padded(self, keep: Tensor) -> Episodes:
+        """These episodes with those where ``keep`` (tasks, N) is 0 turned into padding: zero mask, reward
+        and success."""
+        keep = keep.to(self.mask.dtype)
+        success = self.success * keep.to(self.success.dtype) if self.success is not None else None
+        return replace(self, mask=self.mask * keep.unsqueeze(-1), rewards=self.rewards * keep.unsqueeze(-1),
+                       success=success)
 
     def task(self, i: int) -> Episodes:
         """One task's episodes, without the task dimension."""

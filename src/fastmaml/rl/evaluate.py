@@ -75,11 +75,11 @@ def scores_by_step(learner: MetaRL, family, tasks: list, steps: int, generator: 
 
 def _columns(steps: list[Episodes]) -> tuple[Tensor, Tensor | None]:
     """(tasks, len(steps)) mean return per task and step, and mean success where every step reports it."""
-    returns = torch.stack([episodes.returns().mean(1) for episodes in steps], 1)
-    success = [s for s in (getattr(episodes, "success", None) for episodes in steps) if s is not None]
-    if len(success) < len(steps):  # (tasks, N) per step, 1 where an episode solved its task
+    returns = torch.stack([episodes.per_task_mean(episodes.returns()) for episodes in steps], 1)
+    if any(getattr(episodes, "success", None) is None for episodes in steps):
         return returns, None
-    return returns, torch.stack([s.mean(1) for s in success], 1)
+    # (tasks, N) per step, 1 where an episode solved its task
+    return returns, torch.stack([episodes.per_task_mean(episodes.success) for episodes in steps], 1)
 
 
 def oracle_returns(family, tasks: list, trajectories: int, horizon: int, dtype: torch.dtype) -> torch.Tensor:

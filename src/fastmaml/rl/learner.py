@@ -16,7 +16,7 @@ from fastmaml.rl import policies
 from fastmaml.rl.baseline import with_advantages
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.objectives import TRPOSurrogate, adapt_task, as_output, pg_loss, surrogate_terms, task_tensors
-from fastmaml.rl.sampler import check_fits, collect
+from fastmaml.rl.sampler import BUDGETS, check_fits, collect
 from fastmaml.rl.trpo import FisherProduct, gauss_newton_fvp
 
 LEARNED = "rule:"  # prefix of the inner rule's meta-learned tensors among the meta-parameters
@@ -31,6 +31,8 @@ class MetaRL(nn.Module):
         inner_lr, inner_steps, first_order: the inner loop (0.1, 1, False in the paper's 2D navigation).
         gamma, gae_lambda: discount and GAE(lambda) of the advantages (lambda=1: return minus baseline).
         trajectories, horizon: episodes sampled per inner step and their maximum length.
+        budget: ``trajectories`` (that many episodes per task) or ``steps`` (``trajectories * horizon``
+            steps per task in complete episodes, maml_rl's batch; :func:`~fastmaml.rl.sampler.collect`).
         normalize_advantages: standardise each task's advantages.
         execution: ``vmap``, ``loop`` or ``auto`` over the tasks of a meta-batch (the core's
             :class:`~fastmaml.core.execution.TaskMapper` decides ``auto``).
@@ -47,13 +49,15 @@ class MetaRL(nn.Module):
 
     def __init__(self, policy: nn.Module, inner_lr: float = 0.1, inner_steps: int = 1, first_order: bool = False,
                  gamma: float = 0.99, gae_lambda: float = 1.0, trajectories: int = 20, horizon: int = 100,
-                 normalize_advantages: bool = True, execution: Execution = "auto", rule: UpdateRule | None = None
-                 ) -> None:
+                 normalize_advantages: bool = True, execution: Execution = "auto", rule: UpdateRule | None = None,
+                 budget: str = "trajectories") -> None:
         super().__init__()
         if trajectories < 1 or horizon < 1:
             raise ValueError(f"trajectories={trajectories}, horizon={horizon}; both must be >= 1")
         if inner_steps < 0:
             raise ValueError(f"inner_steps={inner_steps}; it must be >= 0")
+        if budget not in BUDGETS:
+            raise ValueError(f"budget={budget!r}; use one of {', '.join(BUDGETS)}")
         if inner_lr < 0:
             raise ValueError(f"inner_lr={inner_lr}; it must be >= 0")
         if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:
@@ -67,6 +71,7 @@ class MetaRL(nn.Module):
         self.rule_state = nn.ParameterDict({_key(n): nn.Parameter(t) for n, t in learned.items()})
         self.inner_steps, self.gamma, self.gae_lambda = inner_steps, gamma, gae_lambda
         self.trajectories, self.horizon, self.normalize_advantages = trajectories, horizon, normalize_advantages
+        self.budget = budget
 
     def params(self) -> Params:
         """The meta-learned initialisation, as the dict the functional calls take."""
@@ -91,7 +96,8 @@ class MetaRL(nn.Module):
 
     def sample(self, family, tasks: list, params: Params, generator: torch.Generator, batched: bool) -> Episodes:
         """Episodes of every task with advantages; ``batched``: ``params`` carry a leading task dimension."""
-        episodes = collect(family, self.policy, params, tasks, self.trajectories, self.horizon, generator, batched)
+        episodes = collect(family, self.policy, params, tasks, self.trajectories, self.horizon, generator, batched,
+                           budget=self.budget)
         return with_advantages(episodes, self.gamma, self.gae_lambda, self.normalize_advantages)
 
     def adapt_tasks(self, params: Params, train: list[Episodes]) -> Params:

@@ -38,10 +38,25 @@ def sample_tasks(family, n: int, generator: torch.Generator) -> list:
     return tasks[:n]
 
 
+BUDGETS = ("trajectories", "steps")
+
+
 def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories: int, horizon: int,
-            generator: torch.Generator, batched: bool = False, mean_action: bool = False) -> Episodes:
+            generator: torch.Generator, batched: bool = False, mean_action: bool = False,
+            budget: str = "trajectories") -> Episodes:
     """``trajectories`` episodes of at most ``horizon`` steps per task, actions sampled from the policy
-    (``mean_action``: its most likely action, the mean for Box actions, as an evaluation scores a policy)."""
+    (``mean_action``: its most likely action, the mean for Box actions, as an evaluation scores a policy).
+
+    ``budget="steps"``: at least ``trajectories * horizon`` environment steps per task instead, in complete
+    episodes, as maml_rl's sampler collects a batch (``fast_batch_size * max_path_length`` steps): where
+    episodes end early, a task gets more of them. Tasks that ran short get more episodes, in rounds of as
+    many as their shortfall would take at full length, so each ends between the budget and the budget plus
+    one episode; a round runs every task's environments, and the episodes a task does not need are padding
+    (:meth:`~fastmaml.rl.episodes.Episodes.ran`).
+    """
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; use trajectories (that many episodes per task) or steps "
+                         "(trajectories x horizon steps per task, in as many episodes as that takes)")
     if trajectories < 1 or horizon < 1:
         raise ValueError(f"trajectories={trajectories}, horizon={horizon}; sample at least 1 trajectory of "
                          "at least 1 step per task")
@@ -55,14 +70,31 @@ def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories
             output = policies.detach(policy_output(policy, params, obs, batched))
         return (policies.mode(output) if mean_action else policies.sample(output, generator)), output
 
-    if hasattr(family, "rollout"):
-        episodes = family.rollout(act, tasks, trajectories, horizon, dtype, generator=generator)
-    else:
-        episodes = _gym_rollout(family, act, tasks, trajectories, horizon, generator, dtype)
+    def run(count: int) -> Episodes:
+        if hasattr(family, "rollout"):
+            return family.rollout(act, tasks, count, horizon, dtype, generator=generator)
+        return _gym_rollout(family, act, tasks, count, horizon, generator, dtype)
+
+    episodes = run(trajectories)
+    if budget == "steps":
+        episodes = _fill_steps(run, episodes, trajectories * horizon, horizon)
     if not bool(episodes.rewards.isfinite().all()):
         raise ValueError(f"the environment of {type(family).__name__} returned a non-finite reward; make its "
                          "step() return finite rewards")
     return episodes
+
+
+def _fill_steps(run, episodes: Episodes, budget: int, horizon: int) -> Episodes:
+    """``episodes`` and more, from ``run(count)``, until every task has ``budget`` steps (see :func:`collect`)."""
+    parts, steps = [episodes], episodes.mask.sum((1, 2))
+    while True:
+        need = torch.ceil((budget - steps).clamp(min=0) / horizon).long()  # episodes at full length
+        if not bool(need.any()):
+            return Episodes.cat(parts, 1) if len(parts) > 1 else episodes
+        more = run(int(need.max()))
+        more = more.padded(torch.arange(more.mask.shape[1]) < need.unsqueeze(1))
+        parts.append(more)
+        steps = steps + more.mask.sum((1, 2))
 
 
 def _gym_rollout(family, act, tasks: list, trajectories: int, horizon: int, generator: torch.Generator,

@@ -86,7 +86,7 @@ def build_learner(config: rlcfg.RLConfig, family, seed: int,
         policy = wrap(policy)
     learner = MetaRL(policy, config.inner_lr, config.inner_steps, config.first_order, config.gamma,
                      config.gae_lambda, config.trajectories, config.horizon, config.normalize_advantages,
-                     cast(Execution, config.execution), inner_rule(config)).to(DTYPES[config.dtype])
+                     cast(Execution, config.execution), inner_rule(config), config.budget).to(DTYPES[config.dtype])
     from fastmaml.rl.sampler import check_fits
 
     check_fits(policy, env)
@@ -124,10 +124,12 @@ def meta_step(learner: MetaRL, family, config: rlcfg.RLConfig, generator: torch.
         optimizer.step()
         record = {"loss": loss.item(), "kl": kl.item()}
     first = train[0] if train else valid
-    scores = {"return_before": first.returns().mean().item(), "return_after": valid.returns().mean().item()}
+    scores = {"return_before": first.pooled_mean(first.returns()).item(),
+              "return_after": valid.pooled_mean(valid.returns()).item()}
     success_before, success_after = getattr(first, "success", None), getattr(valid, "success", None)
     if success_before is not None and success_after is not None:  # episodes that report success (Meta-World)
-        scores.update(success_before=success_before.mean().item(), success_after=success_after.mean().item())
+        scores.update(success_before=first.pooled_mean(success_before).item(),
+                      success_after=valid.pooled_mean(success_after).item())
     return {"iteration": iteration, **scores, **record, "seconds": time.perf_counter() - start}
 
 
@@ -239,7 +241,7 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: 
     pretrained = build_learner(config, family, config.seed + 1)
     mixture = MetaRL(pretrained.policy, config.inner_lr, 0, config.first_order, config.gamma, config.gae_lambda,
                      config.trajectories, config.horizon, config.normalize_advantages,
-                     cast(Execution, config.execution))  # no inner step in training: the rule plays no part
+                     cast(Execution, config.execution), budget=config.budget)  # no inner step: no rule
     generator = torch.Generator().manual_seed(config.seed + 2)
     state, where = LoopState(), run_dir / BASELINE_LAST
     if where.is_file():
