@@ -89,7 +89,8 @@ def test_each_task_gets_the_budget_in_complete_episodes_as_maml_rls_sampler_does
             assert torch.equal(row, expected)
             assert not bool((rewards * (1 - row)).any())
             if ran[task, episode]:  # the observation counts the episode's own steps from 0
-                assert torch.equal(episodes.observations[task, episode, :length, 0], torch.arange(length, dtype=torch.float64) / 10.0)
+                counts = torch.arange(length, dtype=torch.float64) / 10.0
+                assert torch.equal(episodes.observations[task, episode, :length, 0], counts)
 
 
 def test_a_family_whose_episodes_never_end_early_gets_the_same_episodes_either_way():
