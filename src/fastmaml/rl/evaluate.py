@@ -76,10 +76,10 @@ def scores_by_step(learner: MetaRL, family, tasks: list, steps: int, generator: 
 def _columns(steps: list[Episodes]) -> tuple[Tensor, Tensor | None]:
     """(tasks, len(steps)) mean return per task and step, and mean success where every step reports it."""
     returns = torch.stack([episodes.per_task_mean(episodes.returns()) for episodes in steps], 1)
-    if any(getattr(episodes, "success", None) is None for episodes in steps):
+    success = [episodes.success for episodes in steps]  # (tasks, N) per step, 1 where an episode solved its task
+    if any(s is None for s in success):
         return returns, None
-    # (tasks, N) per step, 1 where an episode solved its task
-    return returns, torch.stack([episodes.per_task_mean(episodes.success) for episodes in steps], 1)
+    return returns, torch.stack([e.per_task_mean(s) for e, s in zip(steps, success) if s is not None], 1)
 
 
 def oracle_returns(family, tasks: list, trajectories: int, horizon: int, dtype: torch.dtype) -> torch.Tensor:
