@@ -211,6 +211,17 @@ def test_success_is_reached_at_any_step(metaworld, reach):
     assert still.success.flatten().tolist() == [0.0, 0.0]
 
 
+def test_the_batched_norm_is_numpy_s_linalg_norm_bit_for_bit():
+    """Meta-World measures distances with ``np.linalg.norm`` (a BLAS dot, fused multiply-adds on some builds):
+    the batched step's ``norm`` rounds as it does, row for row, where ``sqrt((x * x).sum(-1))`` differs in the last
+    bit for about a tenth of rows on such a build. Rows of 2 and 3 entries, strided slices among them."""
+    from fastmaml.rl.sawyer.shaping import norm
+
+    x = np.random.default_rng(0).normal(size=(4000, 6))
+    for rows in (x[:, :3], x[:, 3:5], x[:, ::2], x[:7, :3] * np.array([1.0, 0.0, 1.0])):
+        assert np.array_equal(norm(rows), np.array([np.linalg.norm(row) for row in rows]))
+
+
 def test_evaluation_reports_success_only_where_the_family_does():
     """A family whose episodes carry ``success``: a success rate per inner step beside the return, and rows
     in the table; a family without (2D navigation): the table and results as before."""

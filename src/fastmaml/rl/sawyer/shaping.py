@@ -37,7 +37,11 @@ def hamacher(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def norm(x: np.ndarray) -> np.ndarray:
-    return np.sqrt((x * x).sum(-1))
+    """``np.linalg.norm`` of each row, bit for bit: like it, each row's ``dot`` with itself (a batched ``matmul`` of
+    1-by-n rows by n-by-1 columns runs numpy's ``dot`` per row), whose rounding (BLAS's, fused multiply-adds on some
+    builds) an elementwise ``(x * x).sum(-1)`` does not share."""
+    rows = np.ascontiguousarray(x, dtype=np.float64)
+    return np.sqrt((rows[..., None, :] @ rows[..., :, None])[..., 0, 0])
 
 
 def rect_prism(point: np.ndarray, zero: np.ndarray, one: np.ndarray) -> np.ndarray:
