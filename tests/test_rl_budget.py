@@ -144,10 +144,11 @@ def test_a_meta_rl_run_with_a_step_budget_trains_and_evaluates(tmp_path):
 
 
 def test_an_unknown_budget_is_a_one_line_error():
-    with pytest.raises(ValueError, match="budget='episodes'; use one of trajectories, steps"):
+    unknown = r"budget='episodes'; use one of trajectories \(that many episodes per task\), steps \(trajectories"
+    with pytest.raises(ValueError, match=unknown):
         rlcfg.resolve("nav2d", ["budget=episodes"])
-    with pytest.raises(ValueError, match="budget='episodes'; use trajectories"):
+    with pytest.raises(ValueError, match=unknown):
         collect(FallTasks(), policy(), dict(policy().named_parameters()), [{"length": 3}], 1, 5,
                 torch.Generator(), budget="episodes")
-    with pytest.raises(ValueError, match="budget='episodes'; use one of trajectories, steps"):
+    with pytest.raises(ValueError, match=unknown):
         MetaRL(policy(), budget="episodes")

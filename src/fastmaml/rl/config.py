@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastmaml.rl.sampler import BUDGETS
+from fastmaml.rl.sampler import check_budget
 from fastmaml.train import config as cfg
 
 KIND = "rl"
@@ -108,13 +108,14 @@ class RLConfig:
             raise ValueError(f"ls_ratio={self.ls_ratio}; the backtracking factor must lie in (0, 1)")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"gamma={self.gamma}, gae_lambda={self.gae_lambda}; both must lie in [0, 1]")
-        choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "budget": BUDGETS, "execution": ("auto", "vmap", "loop"),
+        choices = {"outer": OUTERS, "inner_rule": INNER_RULES, "execution": ("auto", "vmap", "loop"),
                    "dtype": ("float32", "float64"), "policy.activation": ("relu", "tanh"),
                    "policy.init": ("torch", "glorot")}
         for name, valid in choices.items():
             value = getattr(self.policy, name[7:]) if name.startswith("policy.") else getattr(self, name)
             if value not in valid:
                 raise ValueError(f"{name}={value!r}; use one of {', '.join(valid)}")
+        check_budget(self.budget)
 
 
 def _values(recipe: str) -> dict | None:

@@ -16,7 +16,7 @@ from fastmaml.rl import policies
 from fastmaml.rl.baseline import with_advantages
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.objectives import TRPOSurrogate, adapt_task, as_output, pg_loss, surrogate_terms, task_tensors
-from fastmaml.rl.sampler import BUDGETS, check_fits, collect
+from fastmaml.rl.sampler import check_budget, check_fits, collect
 from fastmaml.rl.trpo import FisherProduct, gauss_newton_fvp
 
 LEARNED = "rule:"  # prefix of the inner rule's meta-learned tensors among the meta-parameters
@@ -56,8 +56,7 @@ class MetaRL(nn.Module):
             raise ValueError(f"trajectories={trajectories}, horizon={horizon}; both must be >= 1")
         if inner_steps < 0:
             raise ValueError(f"inner_steps={inner_steps}; it must be >= 0")
-        if budget not in BUDGETS:
-            raise ValueError(f"budget={budget!r}; use one of {', '.join(BUDGETS)}")
+        check_budget(budget)
         if inner_lr < 0:
             raise ValueError(f"inner_lr={inner_lr}; it must be >= 0")
         if not 0 <= gamma <= 1 or not 0 <= gae_lambda <= 1:

@@ -41,6 +41,14 @@ def sample_tasks(family, n: int, generator: torch.Generator) -> list:
 BUDGETS = ("trajectories", "steps")
 
 
+def check_budget(budget: str) -> None:
+    """One line naming the fix where ``budget`` is not one of :data:`BUDGETS` (the config, :class:`MetaRL` and
+    :func:`collect` all check it here)."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; use one of trajectories (that many episodes per task), steps "
+                         "(trajectories x horizon steps per task, in as many episodes as that takes)")
+
+
 def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories: int, horizon: int,
             generator: torch.Generator, batched: bool = False, mean_action: bool = False,
             budget: str = "trajectories") -> Episodes:
@@ -54,9 +62,7 @@ def collect(family, policy: nn.Module, params: Params, tasks: list, trajectories
     one episode; a round runs every task's environments, and the episodes a task does not need are padding
     (:meth:`~fastmaml.rl.episodes.Episodes.ran`).
     """
-    if budget not in BUDGETS:
-        raise ValueError(f"budget={budget!r}; use trajectories (that many episodes per task) or steps "
-                         "(trajectories x horizon steps per task, in as many episodes as that takes)")
+    check_budget(budget)
     if trajectories < 1 or horizon < 1:
         raise ValueError(f"trajectories={trajectories}, horizon={horizon}; sample at least 1 trajectory of "
                          "at least 1 step per task")
