@@ -9,11 +9,14 @@ says so in one line. ``threads=N`` (or ``OMP_NUM_THREADS``) is always taken as g
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -87,3 +90,28 @@ def use_free_cores(threads: int | None) -> Iterator[int]:
         yield chosen
     finally:
         torch.set_num_threads(default)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="fastmaml-mujoco")
+
+
+def split_over(threads: int, n: int, work: Callable[[int, range], None]) -> None:
+    """``work(k, chunk)`` over ``range(n)`` cut into ``min(threads, n)`` contiguous chunks, chunk k on thread k
+    of a pool shared by every caller with that count, or in this thread where there is one chunk. For work
+    that releases the GIL, as MuJoCo's calls do: the Ant and Meta-World samplers run each chunk's
+    environments on that chunk's own scratch simulation ``datas[k]``.
+
+    Example:
+        >>> seen = []
+        >>> split_over(2, 5, lambda k, chunk: seen.append((k, list(chunk))))
+        >>> sorted(seen)
+        [(0, [0, 1]), (1, [2, 3, 4])]
+    """
+    chunks = min(threads, n)
+    if chunks <= 1:
+        work(0, range(n))
+        return
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
+    list(_pool(chunks).map(work, range(chunks), [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))

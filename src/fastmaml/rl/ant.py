@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastmaml.threads import process_cores
+from fastmaml.threads import process_cores, split_over
 from fastmaml.rl._gym import gymnasium
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.locomotion import RESET_NOISE, RLLAB_POSITION_NOISE, START_NOISES, VELOCITIES, _mujoco, \
@@ -98,13 +98,14 @@ def use_physics(model, physics: str) -> None:
         model.geom_solref[:] = RLLAB_SOLREF
 
 
-def probe(model, data, states: np.ndarray, ctrl: np.ndarray, step: bool) -> dict[str, np.ndarray]:
+def probe(model, datas: list, states: np.ndarray, ctrl: np.ndarray, step: bool) -> dict[str, np.ndarray]:
     """MuJoCo on full-physics ``states`` (envs, nstate) under ``ctrl`` (envs, nu), one environment at a
-    time on ``data`` (a scratch ``MjData``, its solver started cold, so the result is a function of the
-    state alone). ``step=True``: one physics step then ``mj_rnePostConstraint``, as Ant-v5 ends a step:
-    ``state`` after it, ``force`` (cfrc_ext) and ``x`` (the torso's x position) as Ant-v5 reads them.
-    ``step=False``: rllab's ``forward()`` at the state: ``force``, ``xmat`` of the torso, ``com`` and
-    ``comvel`` of its subtree."""
+    time on each scratch ``MjData`` of ``datas``, its solver started cold, so the result is a function of
+    the state alone: the environments are split between them, each share on a thread of its own
+    (:func:`~fastmaml.threads.split_over`; MuJoCo releases the GIL). ``step=True``: one physics step then
+    ``mj_rnePostConstraint``, as Ant-v5 ends a step: ``state`` after it, ``force`` (cfrc_ext) and ``x`` (the
+    torso's x position) as Ant-v5 reads them. ``step=False``: rllab's ``forward()`` at the state: ``force``,
+    ``xmat`` of the torso, ``com`` and ``comvel`` of its subtree."""
     mujoco, _ = _mujoco()
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     torso = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "torso")
@@ -114,23 +115,27 @@ def probe(model, data, states: np.ndarray, ctrl: np.ndarray, step: bool) -> dict
         out.update(state=np.empty_like(states), x=np.empty(n))
     else:
         out.update(xmat=np.empty((n, 9)), com=np.empty((n, 3)), comvel=np.empty((n, 3)))
-    for i in range(n):
-        mujoco.mj_setState(model, data, states[i], spec)
-        data.ctrl[:] = ctrl[i]
-        data.qacc_warmstart[:] = 0
-        if step:
-            mujoco.mj_step(model, data)
-        else:
-            mujoco.mj_forward(model, data)
-        mujoco.mj_rnePostConstraint(model, data)
-        out["force"][i] = data.cfrc_ext
-        if step:
-            mujoco.mj_getState(model, data, out["state"][i], spec)
-            out["x"][i] = data.xpos[torso, 0]
-        else:
-            mujoco.mj_subtreeVel(model, data)
-            out["xmat"][i], out["com"][i] = data.xmat[torso], data.subtree_com[torso]
-            out["comvel"][i] = data.subtree_linvel[torso]
+
+    def share(k: int, envs: range) -> None:
+        data = datas[k]
+        control, warmstart, force = data.ctrl, data.qacc_warmstart, data.cfrc_ext  # views, taken once
+        run = mujoco.mj_step if step else mujoco.mj_forward
+        for i in envs:
+            mujoco.mj_setState(model, data, states[i], spec)
+            control[:] = ctrl[i]
+            warmstart[:] = 0
+            run(model, data)
+            mujoco.mj_rnePostConstraint(model, data)
+            out["force"][i] = force
+            if step:
+                mujoco.mj_getState(model, data, out["state"][i], spec)
+                out["x"][i] = data.xpos[torso, 0]
+            else:
+                mujoco.mj_subtreeVel(model, data)
+                out["xmat"][i], out["com"][i] = data.xmat[torso], data.subtree_com[torso]
+                out["comvel"][i] = data.subtree_linvel[torso]
+
+    split_over(len(datas), n, share)
     return out
 
 
@@ -171,7 +176,7 @@ def _task_wrapper():
                 return None
             ant = self.env.unwrapped
             state = np.concatenate([[ant.data.time], ant.data.qpos, ant.data.qvel])[None]
-            return probe(ant.model, self._scratch, state, ant.data.ctrl[None], step=False)
+            return probe(ant.model, [self._scratch], state, ant.data.ctrl[None], step=False)
 
         def observation(self, forward: dict[str, np.ndarray] | None = None) -> np.ndarray:
             """The observation of the current state (``forward``: :meth:`_forward`, when already computed)."""
@@ -230,7 +235,8 @@ class _AntTasks:
         self.observation, self.start_noise, self.velocity = observation, start_noise, velocity
         self.physics = physics
         self.threads = threads or process_cores()  # 0: every core this process may use
-        self._datas: list = []
+        self._datas: list = []  # mujoco.rollout's, one per thread
+        self._scratch: list = []  # probe's, one per thread
 
     @property
     def model(self):
@@ -283,14 +289,15 @@ class _AntTasks:
         terminated episode is no longer stepped; its later steps have zero reward and zero mask."""
         mujoco, _ = _mujoco()
         model = self.model
-        while len(self._datas) < self.threads + 1:  # the pool's, and a scratch one for probe
+        while len(self._datas) < self.threads:
             self._datas.append(mujoco.MjData(model))
+            self._scratch.append(mujoco.MjData(model))
         envs, nq = len(tasks) * trajectories, model.nq
         per_env = [task for task in tasks for _ in range(trajectories)]
         state = self._start(model, envs, generator)
         x = state[:, 1].copy()  # the torso's x as Ant-v5 last read it
         force = np.zeros((envs, model.nbody, 6))  # Ant-v5's cfrc_ext after a reset; rllab's forward() below
-        forward = probe(model, self._datas[-1], state, np.zeros((envs, model.nu)), step=False) \
+        forward = probe(model, self._scratch, state, np.zeros((envs, model.nu)), step=False) \
             if self.needs_forward else None
         if self.observation == "rllab":
             assert forward is not None
@@ -332,17 +339,17 @@ class _AntTasks:
         new = state
         if threaded:
             control = np.repeat(applied[:, None, :], threaded, axis=1)
-            states, _ = rollout.rollout(model, self._datas[:-1], state, control, nstep=threaded,
+            states, _ = rollout.rollout(model, self._datas, state, control, nstep=threaded,
                                         persistent_pool=True)
             new = states[:, -1]
-        stepped = probe(model, self._datas[-1], new, applied, step=True) if self.needs_step else None
+        stepped = probe(model, self._scratch, new, applied, step=True) if self.needs_step else None
         if stepped is not None:
             new = stepped["state"]
         # MuJoCo resets an unstable simulation to its start, which resets its clock: a clock behind
         # (t + 1) * dt, or a non-finite number, is a diverged simulation.
         if not np.isfinite(new).all() or not np.allclose(new[:, 0], (t + 1) * dt):
             raise ValueError(DIVERGED)
-        forward = probe(model, self._datas[-1], new, applied, step=False) if self.needs_forward else None
+        forward = probe(model, self._scratch, new, applied, step=False) if self.needs_forward else None
         new_x = stepped["x"] if stepped is not None else new[:, 1]
         if self.velocity == "com":
             assert forward is not None

@@ -3,22 +3,15 @@ computes the observations, rewards and success of every environment of a skill a
 
 from __future__ import annotations
 
-import functools
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from fastmaml.rl.sawyer.rewards import State
 from fastmaml.rl.sawyer.shaping import norm
 from fastmaml.rl.sawyer.skills import CONSTANTS, SKILLS, Object, Read
+from fastmaml.threads import split_over
 
 _OBJECT_TYPES = {"xpos": "BODY", "xquat": "BODY", "geom_xpos": "GEOM", "geom_xmat": "GEOM", "site_xpos": "SITE",
                  "site_xmat": "SITE", "qpos": "JOINT"}
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="fastmaml-sawyer")
 
 
 def batched(env, skill: str) -> bool:
@@ -151,14 +144,10 @@ class Lockstep:
         mocap = np.stack([data.mocap_pos for data in datas]) + move[:, None]
         mocap[:, 0] = np.clip(mocap[:, 0], episode["mocap_low"], episode["mocap_high"])
 
-        def simulate(chunk: range) -> None:  # then do_simulation and the step's mj_forward, environment by environment
+        def simulate(_: int, chunk: range) -> None:  # then do_simulation and the step's mj_forward, env by env
             self._simulate(envs, datas, chunk, mocap, actions[:, -1], self._plans[skill], reads)
 
-        if self.threads == 1 or n == 1:
-            simulate(range(n))
-        else:
-            bounds = np.linspace(0, n, min(n, self.threads) + 1).astype(int)
-            list(_pool(self.threads).map(simulate, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+        split_over(self.threads, n, simulate)
         spec, constants = SKILLS[skill], episode["constants"]
         state = State(reads, self._index[skill], constants, constants["_target_pos"])
         if spec.live_target:
