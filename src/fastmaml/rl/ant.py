@@ -44,7 +44,7 @@ A task runs two ways, as HalfCheetah's (:mod:`fastmaml.rl.locomotion`): ``make_e
 stepped in lockstep by ``mujoco.rollout`` on MuJoCo's thread pool, terminated ones no longer stepped. They
 agree for the first steps (tests/test_rl_ant.py); Ant-v5's own contact forces and x velocity are read from
 the internals of its last RK4 physics step, so the batched path takes that step itself, one environment
-at a time, when an option reads them.
+at a time on each of the sampler's threads, when an option reads them.
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ class _AntTasks:
         dt = model.opt.timestep * self.frame_skip
         if not np.isfinite(applied).all():  # before MuJoCo sees them: it would print a warning and reset
             raise ValueError(DIVERGED)
-        threaded = self.frame_skip - 1 if self.needs_step else self.frame_skip  # the rest: probe, one at a time
+        threaded = self.frame_skip - 1 if self.needs_step else self.frame_skip  # the last: probe, env by env
         new = state
         if threaded:
             control = np.repeat(applied[:, None, :], threaded, axis=1)
