@@ -23,22 +23,13 @@ from pathlib import Path
 
 import torch
 
+from rl_sampler import act_fn  # the HalfCheetah sampler benchmark's policy sampling
+
 from fastmaml import recipes
 from fastmaml.rl import config as rlcfg
-from fastmaml.rl import policies
 from fastmaml.rl import train as runs
 
 FRAME_SKIP = {"v5": 2, "rllab": 1}  # the paper's 0.02 s step on each physics
-
-
-def sampler(policy, generator: torch.Generator):
-    """The rollout's ``act``: actions sampled from the policy's output."""
-    def act(obs: torch.Tensor):
-        with torch.no_grad():
-            output = policy(obs)
-        return policies.sample(output, generator), output
-
-    return act
 
 
 def main() -> None:
@@ -61,7 +52,7 @@ def main() -> None:
     for _ in range(args.repeats):
         generator = torch.Generator().manual_seed(1)  # every pass the same episodes
         start = time.perf_counter()
-        episodes = family.rollout(sampler(policy, generator), tasks, args.trajectories, args.horizon, torch.float32,
+        episodes = family.rollout(act_fn(policy, generator), tasks, args.trajectories, args.horizon, torch.float32,
                                   generator)
         best = min(best, time.perf_counter() - start)
         steps = int(episodes.mask.sum())

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -98,9 +97,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def split_over(threads: int, n: int, work: Callable[[int, range], None]) -> None:
-    """``work(k, chunk)`` over ``range(n)`` cut into ``min(threads, n)`` contiguous chunks, chunk k on thread k
-    of a pool shared by every caller with that count, or in this thread where there is one chunk. For work
-    that releases the GIL, as MuJoCo's calls do: the Ant and Meta-World samplers run each chunk's
+    """``work(k, chunk)`` over ``range(n)`` cut into ``min(threads, n)`` contiguous chunks, each on a thread of a
+    pool of ``threads`` shared by every caller with that count, or in this thread where there is one chunk. For
+    work that releases the GIL, as MuJoCo's calls do: the Ant and Meta-World samplers run each chunk's
     environments on that chunk's own scratch simulation ``datas[k]``.
 
     Example:
@@ -113,5 +112,5 @@ def split_over(threads: int, n: int, work: Callable[[int, range], None]) -> None
     if chunks <= 1:
         work(0, range(n))
         return
-    bounds = np.linspace(0, n, chunks + 1).astype(int)
-    list(_pool(chunks).map(work, range(chunks), [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    bounds = [n * k // chunks for k in range(chunks + 1)]
+    list(_pool(threads).map(work, range(chunks), [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
