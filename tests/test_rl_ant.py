@@ -265,12 +265,14 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
         AntVel().rollout(scripted(np.zeros((1, 1, 8))), [{"velocity": 1.0}], 1, 1)
 
 
-def test_the_documented_physics_override_trains_and_evaluates(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["threads=2", "policy.init=glorot"]])
+def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     """``fastmaml train ant-dir env_options.physics=rllab env_options.frame_skip=1`` (docs/tutorials/locomotion.md,
-    benchmarks/RESULTS.md) as written, with short iteration overrides: it runs and records the options."""
+    benchmarks/RESULTS.md), and with ``threads=2 policy.init=glorot`` (RESULTS.md's Glorot run), as written, with
+    short iteration overrides: it runs and records the options."""
     run = tmp_path / "run"
     argv = ["train", "ant-dir", "threads=1", "seed=0", "env_options.physics=rllab", "env_options.frame_skip=1",
-            "iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",
+            *extra, "iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",
             "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1", "eval_trajectories=2", "--out", str(run),
             "--no-progress"]
     threads = torch.get_num_threads()
@@ -280,4 +282,5 @@ def test_the_documented_physics_override_trains_and_evaluates(tmp_path):
         torch.set_num_threads(threads)
     options = (run / "config.yaml").read_text()
     assert "physics: rllab" in options and "frame_skip: 1" in options
+    assert all(f"{key.split('.')[-1]}: {value}" in options for key, value in (o.split("=") for o in extra))
     assert (run / "eval.json").is_file()
