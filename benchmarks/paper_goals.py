@@ -10,7 +10,12 @@ adapts the run's meta-trained policy and its baselines on the same goals (the ru
 step, every method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside
 the paper's, and the paired difference per goal between the meta-trained policy and each baseline.
 
-    python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3]
+    python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3] [--budget steps]
+
+``--budget steps`` samples as the paper's test scripts do: their ``VPG(batch_size=8000, max_path_length=200)``
+collects 8,000 environment steps per goal and step (``eval_trajectories`` × ``horizon``), in as many complete
+episodes as that takes, where the run's own budget (``trajectories`` unless its config says otherwise) samples
+``eval_trajectories`` episodes however short.
 
 The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles); nothing is downloaded.
 """
@@ -56,6 +61,9 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("icml", help="the icml/ folder of a cbfinn/maml_rl checkout")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--budget", choices=["trajectories", "steps"], default=None,
+                        help="episodes (trajectories) or environment steps (steps, the paper's test scripts') per "
+                             "goal and inner step; default: the run's config")
     args = parser.parse_args()
     config = rlcfg.load(Path(args.run) / "config.yaml")
     if config.env not in PAPER:
@@ -65,12 +73,14 @@ def main() -> None:
     learners = {"maml": runs.load(args.run)}
     if (Path(args.run) / runs.BASELINES).is_file():
         learners.update(runs.baselines(Path(args.run), config, family))
-    print(f"{args.run}: the paper's 40 goals, {config.test_trajectories} trajectories of {config.horizon} steps "
-          "per inner step (mean ± 95% CI over goals)")
+    budget = args.budget or config.budget
+    amount = (f"{config.test_trajectories * config.horizon} environment steps in episodes of up to {config.horizon}"
+              if budget == "steps" else f"{config.test_trajectories} trajectories of {config.horizon} steps")
+    print(f"{args.run}: the paper's 40 goals, {amount} per inner step (mean ± 95% CI over goals)")
     print(f"{'method':<22}" + "".join(f"{f'{k} steps':>18}" for k in range(args.steps + 1)))
     ours = {}
     for name, learner in learners.items():
-        learner.trajectories = config.test_trajectories
+        learner.trajectories, learner.budget = config.test_trajectories, budget
         ours[name] = returns_by_step(learner, family, tasks, args.steps, torch.Generator().manual_seed(7)).numpy()
         print(f"{name:<22}" + "".join(f"{cell(ours[name][:, k]):>18}" for k in range(args.steps + 1)))
     for name in [n for n in ours if n != "maml"]:  # the same goals and noise: paired per goal
