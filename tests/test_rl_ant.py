@@ -284,3 +284,40 @@ def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     assert "physics: rllab" in options and "frame_skip: 1" in options
     assert all(f"{key.split('.')[-1]}: {value}" in options for key, value in (o.split("=") for o in extra))
     assert (run / "eval.json").is_file()
+
+
+def test_paper_goals_scores_a_run_on_the_papers_goals_with_either_budget(tmp_path):
+    """``benchmarks/paper_goals.py RUN ICML --steps 1 --budget steps`` (benchmarks/RESULTS.md) on a short
+    ``ant-dir`` run: the paper's 40 goals, the step budget named, the paper's rows read from its pickles (written
+    here in maml_rl's format: ``task_avg_returns``, one list of 40 goals per inner step)."""
+    import pickle
+    import subprocess
+
+    run, icml = tmp_path / "run", tmp_path / "icml"
+    argv = ["train", "ant-dir", "threads=1", "seed=0", "iterations=1", "meta_batch_size=2", "trajectories=2",
+            "horizon=4", "policy.hidden=[4]", "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1",
+            "eval_trajectories=2", "--out", str(run), "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    icml.mkdir()
+    with open(icml / "icml_antdirec_results_maml.pkl", "wb") as f:
+        pickle.dump({"task_avg_returns": [[1.0] * 40, [3.0] * 40]}, f)
+    root = Path(__file__).resolve().parents[1]
+    command = ["benchmarks/paper_goals.py", "RUN", "/path/to/maml_rl/icml", "--steps", "1"]
+    assert " ".join(command) in (root / "benchmarks/RESULTS.md").read_text()
+    assert " ".join([*command, "--budget", "steps"]) in (root / "benchmarks/RESULTS.md").read_text()
+    outputs = {}
+    for budget in ["trajectories", "steps"]:
+        out = subprocess.run([sys.executable, command[0], str(run), str(icml), "--steps", "1", "--budget", budget],
+                             cwd=root, capture_output=True, text=True, timeout=300,
+                             env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs[budget] = out.stdout
+    assert "the paper's 40 goals, 2 trajectories of 4 steps" in outputs["trajectories"]
+    assert "the paper's 40 goals, 8 environment steps in episodes of up to 4" in outputs["steps"]
+    for out in outputs.values():
+        rows = {line.split("  ")[0]: line for line in out.splitlines()}
+        assert "maml" in rows and "paper maml" in rows and "1.0 ±   0.0" in rows["paper maml"]
