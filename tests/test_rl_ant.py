@@ -265,11 +265,11 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
         AntVel().rollout(scripted(np.zeros((1, 1, 8))), [{"velocity": 1.0}], 1, 1)
 
 
-@pytest.mark.parametrize("extra", [[], ["threads=2", "policy.init=glorot"]])
+@pytest.mark.parametrize("extra", [[], ["threads=2", "policy.init=glorot"], ["threads=2", "budget=steps"]])
 def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     """``fastmaml train ant-dir env_options.physics=rllab env_options.frame_skip=1`` (docs/tutorials/locomotion.md,
-    benchmarks/RESULTS.md), and with ``threads=2 policy.init=glorot`` (RESULTS.md's Glorot run), as written, with
-    short iteration overrides: it runs and records the options."""
+    benchmarks/RESULTS.md), and with ``threads=2 policy.init=glorot`` or ``threads=2 budget=steps`` (RESULTS.md's
+    Glorot and step-budget runs), as written, with short iteration overrides: it runs and records the options."""
     run = tmp_path / "run"
     argv = ["train", "ant-dir", "threads=1", "seed=0", "env_options.physics=rllab", "env_options.frame_skip=1",
             *extra, "iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",
