@@ -30,6 +30,7 @@ import torch
 from fastmaml.rl import config as rlcfg
 from fastmaml.rl import train as runs
 from fastmaml.rl.evaluate import returns_by_step
+from fastmaml.rl.sampler import BUDGETS
 from fastmaml.train.evaluate import mean_ci95
 
 PAPER = {  # pickle prefix, goal seed, goals ~ U(0, high)
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("icml", help="the icml/ folder of a cbfinn/maml_rl checkout")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--budget", choices=["trajectories", "steps"], default=None,
+    parser.add_argument("--budget", choices=BUDGETS, default=None,
                         help="episodes (trajectories) or environment steps (steps, the paper's test scripts') per "
                              "goal and inner step; default: the run's config")
     args = parser.parse_args()

@@ -1,6 +1,8 @@
 """The Ant families: the batched rollout against gymnasium's Ant-v5, maml_rl's rewards from MuJoCo's state,
 termination and its mask, bad input."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -265,6 +267,15 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
         AntVel().rollout(scripted(np.zeros((1, 1, 8))), [{"velocity": 1.0}], 1, 1)
 
 
+def train(argv: list[str]) -> None:
+    """``fastmaml ARGV`` in this process, which must succeed; torch's thread count (the CLI sets it) restored."""
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("extra", [[], ["threads=2", "policy.init=glorot"], ["threads=2", "budget=steps"]])
 def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     """``fastmaml train ant-dir env_options.physics=rllab env_options.frame_skip=1`` (docs/tutorials/locomotion.md,
@@ -275,11 +286,7 @@ def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
             *extra, "iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",
             "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1", "eval_trajectories=2", "--out", str(run),
             "--no-progress"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    train(argv)
     options = (run / "config.yaml").read_text()
     assert "physics: rllab" in options and "frame_skip: 1" in options
     assert all(f"{key.split('.')[-1]}: {value}" in options for key, value in (o.split("=") for o in extra))
@@ -291,17 +298,11 @@ def test_paper_goals_scores_a_run_on_the_papers_goals_with_either_budget(tmp_pat
     ``ant-dir`` run: the paper's 40 goals, the step budget named, the paper's rows read from its pickles (written
     here in maml_rl's format: ``task_avg_returns``, one list of 40 goals per inner step)."""
     import pickle
-    import subprocess
 
     run, icml = tmp_path / "run", tmp_path / "icml"
-    argv = ["train", "ant-dir", "threads=1", "seed=0", "iterations=1", "meta_batch_size=2", "trajectories=2",
-            "horizon=4", "policy.hidden=[4]", "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1",
-            "eval_trajectories=2", "--out", str(run), "--no-progress"]
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    train(["train", "ant-dir", "threads=1", "seed=0", "iterations=1", "meta_batch_size=2", "trajectories=2",
+           "horizon=4", "policy.hidden=[4]", "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1",
+           "eval_trajectories=2", "--out", str(run), "--no-progress"])
     icml.mkdir()
     with open(icml / "icml_antdirec_results_maml.pkl", "wb") as f:
         pickle.dump({"task_avg_returns": [[1.0] * 40, [3.0] * 40]}, f)
@@ -313,7 +314,7 @@ def test_paper_goals_scores_a_run_on_the_papers_goals_with_either_budget(tmp_pat
     for budget in ["trajectories", "steps"]:
         out = subprocess.run([sys.executable, command[0], str(run), str(icml), "--steps", "1", "--budget", budget],
                              cwd=root, capture_output=True, text=True, timeout=300,
-                             env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+                             env={**os.environ, "PYTHONPATH": str(root / "src")})
         assert out.returncode == 0, out.stderr[-2000:]
         outputs[budget] = out.stdout
     assert "the paper's 40 goals, 2 trajectories of 4 steps" in outputs["trajectories"]
