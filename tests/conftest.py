@@ -6,8 +6,11 @@ import fastmaml.data.images as images_module
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Seed torch; restore its thread count afterwards (the CLI sets it from ``threads=``)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

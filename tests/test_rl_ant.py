@@ -268,12 +268,8 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
 
 
 def train(argv: list[str]) -> None:
-    """``fastmaml ARGV`` in this process, which must succeed; torch's thread count (the CLI sets it) restored."""
-    threads = torch.get_num_threads()
-    try:
-        assert main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
+    """``fastmaml ARGV`` in this process, which must succeed (conftest restores the thread count it sets)."""
+    assert main(argv) == 0
 
 
 @pytest.mark.parametrize("extra", [[], ["threads=2", "policy.init=glorot"], ["threads=2", "budget=steps"]])
