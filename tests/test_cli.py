@@ -167,17 +167,14 @@ def test_every_command_of_the_readme_command_line_section_runs_as_written(tmp_pa
         ["fastmaml", "train", "--resume"], ["fastmaml", "train", "sinusoid"], ["fastmaml", "eval", "runs/sinusoid"],
         ["fastmaml", "plot", "runs/sinusoid"]], "a command was added to README's Command line: run it here"
     monkeypatch.chdir(tmp_path)
-    threads, sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
-    try:
-        for command in commands:
-            argv = command[1:]
-            if "sinusoid" in argv[:2]:
-                argv[2:2] = SHORT
-            if argv[0] == "plot":
-                pytest.importorskip("matplotlib")
-            assert main(argv) == 0, (command, capsys.readouterr().err)
-    finally:
-        torch.set_num_threads(threads)
+    sigint = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job
+    for command in commands:
+        argv = command[1:]
+        if "sinusoid" in argv[:2]:
+            argv[2:2] = SHORT
+        if argv[0] == "plot":
+            pytest.importorskip("matplotlib")
+        assert main(argv) == 0, (command, capsys.readouterr().err)
     out = capsys.readouterr().out
     assert "run folder: runs/sinusoid" in out and "run folder: runs/sin5" in out and '"maml"' in out
     runs = tmp_path / "runs"
@@ -216,10 +213,7 @@ def busy_machine(monkeypatch):
     monkeypatch.setattr(fastmaml.threads.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(fastmaml.threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # conftest gives the count back
 
 
 @pytest.mark.parametrize("argv, trainer", [

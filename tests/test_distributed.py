@@ -54,12 +54,8 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 
 def single_process(run_dir: Path, iterations: int, overrides: list[str] = OVERRIDES) -> dict[str, torch.Tensor]:
-    threads = torch.get_num_threads()
-    try:
-        runs.train(cfg.resolve("sinusoid", [*overrides, f"iterations={iterations}"]), run_dir, progress=False,
-                   evaluate_at_end=False)
-    finally:
-        torch.set_num_threads(threads)
+    runs.train(cfg.resolve("sinusoid", [*overrides, f"iterations={iterations}"]), run_dir, progress=False,
+               evaluate_at_end=False)
     return load_checkpoint(run_dir / "checkpoint.pt")["algorithm"]
 
 

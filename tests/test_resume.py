@@ -68,11 +68,7 @@ def interrupted_run(run_dir: Path, signals: list[int], rng: random.Random,
 
 def reference_run(run_dir: Path, overrides: list[str] = OVERRIDES) -> None:
     """The same run, uninterrupted, in this process."""
-    threads = torch.get_num_threads()
-    try:
-        assert main(["train", "sinusoid", *overrides, "--out", str(run_dir), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["train", "sinusoid", *overrides, "--out", str(run_dir), "--no-progress"]) == 0
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -100,7 +96,6 @@ def interrupt_in_process(argv: list[str], run_dir: Path, signum: int, after_line
     """``main(argv)`` in this process, sent ``signum`` by a helper thread once ``after_lines`` are logged."""
     stray = []
     previous = signal.signal(signum, lambda *args: stray.append(args))  # safety net outside the loop
-    threads = torch.get_num_threads()
 
     def fire() -> None:
         while logged_lines(run_dir) < after_lines:
@@ -114,7 +109,6 @@ def interrupt_in_process(argv: list[str], run_dir: Path, signum: int, after_line
     finally:
         thread.join(timeout=60)
         signal.signal(signum, previous)
-        torch.set_num_threads(threads)
     assert not stray, "the signal arrived outside the training loop"
     return status
 
@@ -143,11 +137,7 @@ def test_one_process_stops_after_the_iteration_the_signal_arrived_in(tmp_path, c
 
     monkeypatch.setattr(outer.OuterSteps, "step", step)
     run = tmp_path / "run"
-    threads = torch.get_num_threads()
-    try:
-        status = main(["train", "sinusoid", *OVERRIDES, "--out", str(run), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
+    status = main(["train", "sinusoid", *OVERRIDES, "--out", str(run), "--no-progress"])
     assert status == 128 + signal.SIGTERM
     assert "interrupted at iteration 7;" in capsys.readouterr().err
     assert load_checkpoint(run / "checkpoint.pt")["iteration"] == 7
@@ -173,11 +163,7 @@ def test_interrupted_and_killed_runs_resume_bit_identical(tmp_path, capsys):
         assert proc.wait(timeout=60) == -signal.SIGKILL
     status = interrupt_in_process(resume, run, signal.SIGINT, logged_lines(run) + rng.randint(1, 4))
     check_graceful_stop(status, signal.SIGINT, capsys.readouterr().err, run)
-    threads = torch.get_num_threads()
-    try:
-        assert main(resume) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(resume) == 0
     assert differences(tmp_path / "reference", run) == []
 
 

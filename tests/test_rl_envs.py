@@ -153,17 +153,13 @@ def test_baseline_fit_on_few_steps_and_many_features():
     on which MKL's threaded LU solve failed at two threads. The fit must stay finite and be the ridge solution."""
     from fastmaml.rl.baseline import features, fit_values
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        g = torch.Generator().manual_seed(0)
-        observations = torch.randn(2, 2, 15, 125, generator=g, dtype=torch.float64)
-        returns = torch.randn(2, 2, 15, generator=g, dtype=torch.float64)
-        mask = torch.ones(2, 2, 15, dtype=torch.float64)
-        mask[:, 0, 10:] = 0
-        values = fit_values(observations, returns, mask)
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(2)  # conftest gives the count back
+    g = torch.Generator().manual_seed(0)
+    observations = torch.randn(2, 2, 15, 125, generator=g, dtype=torch.float64)
+    returns = torch.randn(2, 2, 15, generator=g, dtype=torch.float64)
+    mask = torch.ones(2, 2, 15, dtype=torch.float64)
+    mask[:, 0, 10:] = 0
+    values = fit_values(observations, returns, mask)
     assert values.isfinite().all()
     x = features(observations, mask).flatten(1, 2)
     y = (returns * mask).flatten(1, 2).unsqueeze(-1)
