@@ -8,7 +8,8 @@ directions (``test_maml_ant_direc.py``), seed 1 and high 2 for HalfCheetah veloc
 (``icml/icml_{ant,antdirec,cheetah,cheetahdirec}_results_{maml,pretrain,random,oracle}.pkl``). This script
 adapts the run's meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per
 step, every method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside
-the paper's, and the paired difference per goal between the meta-trained policy and each baseline.
+the paper's, and the paired difference per goal between the meta-trained policy and each baseline; for the
+direction families, then the same per direction (forward goals, backward goals).
 
     python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3] [--budget steps]
 
@@ -87,14 +88,29 @@ def main() -> None:
     for name in [n for n in ours if n != "maml"]:  # the same goals and noise: paired per goal
         paired = ours["maml"] - ours[name]
         print(f"{'maml - ' + name:<22}" + "".join(f"{cell(paired[:, k]):>18}" for k in range(args.steps + 1)))
+    papers = {}
     for name, theirs in METHODS.items():
         path = Path(args.icml) / f"{PAPER[config.env][0]}{theirs}.pkl"
         if not path.is_file():
             continue
         with open(path, "rb") as f:
-            paper = np.array(pickle.load(f, encoding="latin1")["task_avg_returns"]).T  # (40 goals, steps)
-        shown = range(min(paper.shape[1], args.steps + 1))  # the oracle has one column
-        print(f"{'paper ' + name:<22}" + "".join(f"{cell(paper[:, k]):>18}" for k in shown))
+            papers[name] = np.array(pickle.load(f, encoding="latin1")["task_avg_returns"]).T  # (40 goals, steps)
+        shown = range(min(papers[name].shape[1], args.steps + 1))  # the oracle has one column
+        print(f"{'paper ' + name:<22}" + "".join(f"{cell(papers[name][:, k]):>18}" for k in shown))
+    if config.env.endswith("-dir"):
+        by_direction(tasks, ours, papers, args.steps)
+
+
+def by_direction(tasks: list[dict], ours: dict, papers: dict, steps: int) -> None:
+    """The same rows over the forward goals, then the backward goals (mean ± 95% CI over each direction's goals)."""
+    direction = np.array([task["direction"] for task in tasks])
+    for sign, label in [(1, "forward"), (-1, "backward")]:
+        goals = direction == sign
+        print(f"{label} goals only ({goals.sum()} of {len(tasks)})")
+        rows = {**ours, **{"paper " + name: paper for name, paper in papers.items()}}
+        for name, values in rows.items():
+            shown = range(min(values.shape[1], steps + 1))
+            print(f"{name:<22}" + "".join(f"{cell(values[goals, k]):>18}" for k in shown))
 
 
 if __name__ == "__main__":
