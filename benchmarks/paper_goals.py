@@ -104,10 +104,10 @@ def main() -> None:
 def by_direction(tasks: list[dict], ours: dict, papers: dict, steps: int) -> None:
     """The same rows over the forward goals, then the backward goals (mean ± 95% CI over each direction's goals)."""
     direction = np.array([task["direction"] for task in tasks])
+    rows = {**ours, **{"paper " + name: paper for name, paper in papers.items()}}
     for sign, label in [(1, "forward"), (-1, "backward")]:
         goals = direction == sign
         print(f"{label} goals only ({goals.sum()} of {len(tasks)})")
-        rows = {**ours, **{"paper " + name: paper for name, paper in papers.items()}}
         for name, values in rows.items():
             shown = range(min(values.shape[1], steps + 1))
             print(f"{name:<22}" + "".join(f"{cell(values[goals, k]):>18}" for k in shown))
