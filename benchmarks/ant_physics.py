@@ -1,7 +1,7 @@
 """Ant's two physics (``env_options.physics``) and two batches (``budget``) under the ``ant-dir`` recipe's
 MDP: how fast plain TRPO learns to run forward with each, from the same initial policy and seed.
 
-``v5`` is Ant-v5's model at the recipe's clock (two RK4 steps of 0.01 s per step, MuJoCo's default contact
+``v5`` is Ant-v5's model at the paper's clock (two RK4 steps of 0.01 s per step, MuJoCo's default contact
 softness); ``rllab`` is maml_rl's ``ant.xml`` (one RK4 step of 0.02 s, solimp 0.8 0.8 0.01 on every geom).
 Both run rllab's observation, start pose and centre-of-mass velocity (the recipe's options), and the
 direction family with every task forward (d = +1): the oracle's task, without meta-learning. Each

@@ -4,8 +4,8 @@ The workload is one meta-batch of the recipe's sampling: ``--tasks`` (40) direct
 (40) episodes of ``--horizon`` steps, every episode of every task in lockstep (``AntDir.rollout``, what
 ``fastmaml train ant-dir`` runs), with the recipe's policy (2 x 100 ReLU, Gaussian) at its initial weights,
 actions sampled from it. Episodes that end early stop being stepped, so the rate counts live steps only.
-``--physics rllab`` runs maml_rl's ``ant.xml`` at its one 0.02 s step, ``v5`` Ant-v5's at the recipe's two
-0.01 s steps; both read rllab's observation and centre-of-mass velocity, which need MuJoCo's ``forward()`` at
+``--physics rllab`` runs maml_rl's ``ant.xml`` at its one 0.02 s step, ``v5`` Ant-v5's at two 0.01 s steps,
+the same clock; both read rllab's observation and centre-of-mass velocity, which need MuJoCo's ``forward()`` at
 every new state (``fastmaml.rl.ant.probe``, one environment at a time, on ``--threads`` threads).
 
 Run from the repository root at the commits to compare (a ``git worktree`` of each on PYTHONPATH), on idle

@@ -35,9 +35,10 @@ steps 0.02 s once per step, so ``frame_skip=2`` on Ant-v5's 0.01 s model runs th
 - ``velocity``: ``"root"`` (Ant-v5's ``x_velocity``, the torso's x displacement over the step) or ``"com"``
   (rllab's ``get_body_comvel("torso")``, the whole ant's centre-of-mass velocity, the paper's reward).
 
-The recipes ``ant-vel`` and ``ant-dir`` run rllab's MDP on Ant-v5's physics (``physics: v5``,
-``frame_skip: 2``): the paper's figures are returns of that MDP. ``physics: rllab`` with ``frame_skip: 1``
-runs rllab's model as well; what stays apart either way is today's MuJoCo (rllab's: 1.31).
+Both recipes run rllab's MDP: the paper's figures are returns of it. ``ant-vel`` runs it on Ant-v5's physics
+(``physics: v5``, ``frame_skip: 2``), where it meets the paper; ``ant-dir`` on rllab's model as well
+(``physics: rllab``, ``frame_skip: 1``) and with maml_rl's step budget, on which it meta-learns faster. What
+stays apart either way is today's MuJoCo (rllab's: 1.31).
 
 A task runs two ways, as HalfCheetah's (:mod:`fastmaml.rl.locomotion`): ``make_env(task)``, a
 ``gymnasium.Env`` (Ant-v5 with the task's reward), and ``rollout(...)``, every trajectory of a meta-batch
