@@ -16,7 +16,10 @@ direction families, then the same per direction (forward goals, backward goals).
 ``--budget steps`` samples as the paper's test scripts do: their ``VPG(batch_size=8000, max_path_length=200)``
 collects 8,000 environment steps per goal and step (``eval_trajectories`` × ``horizon``), in as many complete
 episodes as that takes, where the run's own budget (``trajectories`` unless its config says otherwise) samples
-``eval_trajectories`` episodes however short.
+``eval_trajectories`` episodes however short. rllab's sampler overshoots its threshold: each of the test's
+``n_parallel`` workers (4) finishes the path it is on, so the paper adapted on 3 paths more than the threshold's
+(43 of 200 steps for Ant direction's 8,000); ``eval_trajectories: 43`` in a copy of the run's ``config.yaml``
+samples that (benchmarks/RESULTS.md, "Meta-RL: Ant").
 
 The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles); nothing is downloaded.
 """
