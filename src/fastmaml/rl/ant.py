@@ -36,7 +36,7 @@ steps 0.02 s once per step, so ``frame_skip=2`` on Ant-v5's 0.01 s model runs th
   (rllab's ``get_body_comvel("torso")``, the whole ant's centre-of-mass velocity, the paper's reward).
 
 Both recipes run rllab's MDP: the paper's figures are returns of it. ``ant-vel`` runs it on Ant-v5's physics
-(``physics: v5``, ``frame_skip: 2``), where it meets the paper; ``ant-dir`` on rllab's model as well
+(``physics: v5``, ``frame_skip: 2``), where it meets the paper; ``ant-dir`` on rllab's model instead
 (``physics: rllab``, ``frame_skip: 1``) and with maml_rl's step budget, on which it meta-learns faster. What
 stays apart either way is today's MuJoCo (rllab's: 1.31).
 
