@@ -1,6 +1,7 @@
 """The Ant families: the batched rollout against gymnasium's Ant-v5, maml_rl's rewards from MuJoCo's state,
 termination and its mask, bad input."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ mujoco = pytest.importorskip("mujoco")
 
 from fastmaml.cli import main  # noqa: E402
 from fastmaml.rl import ant  # noqa: E402
+from fastmaml.rl import config as rlcfg  # noqa: E402
 from fastmaml.rl.ant import AntDir, AntVel, ant_model  # noqa: E402
 from fastmaml.rl.baseline import with_advantages  # noqa: E402
 from fastmaml.rl.objectives import pack_target, pg_loss  # noqa: E402
@@ -271,15 +273,15 @@ def test_the_direction_recipe_is_its_best_measured_run():
     """``ant-dir`` resolves to the settings of ``benchmarks/partial-runs/ant-dir-rllab-steps/`` (maml_rl's physics
     and batch: 447.1 on the paper's goals in RESULTS.md), all but the run's own seed and thread count, so the
     recipe's name in RESULTS.md and README.md stands for that run."""
-    import dataclasses
-
-    from fastmaml.rl import config as rlcfg
-
     root = Path(__file__).resolve().parents[1]
     run = rlcfg.load(root / "benchmarks/partial-runs/ant-dir-rllab-steps/config.yaml")
     recipe = rlcfg.resolve("ant-dir", [f"seed={run.seed}", f"threads={run.threads}"])
     assert dataclasses.asdict(recipe) == dataclasses.asdict(run)
     assert (recipe.env_options["physics"], recipe.env_options["frame_skip"], recipe.budget) == ("rllab", 1, "steps")
+
+
+SHORT = ["iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",  # a run's size
+         "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1", "eval_trajectories=2", "--no-progress"]
 
 
 def train(argv: list[str]) -> None:
@@ -294,13 +296,22 @@ def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     Glorot and step-budget runs), as written, with short iteration overrides: it runs and records the options."""
     run = tmp_path / "run"
     argv = ["train", "ant-dir", "threads=1", "seed=0", "env_options.physics=rllab", "env_options.frame_skip=1",
-            *extra, "iterations=2", "meta_batch_size=2", "trajectories=2", "horizon=4", "policy.hidden=[4]",
-            "baseline_iterations=0", "eval_tasks=2", "eval_inner_steps=1", "eval_trajectories=2", "--out", str(run),
-            "--no-progress"]
+            *extra, *SHORT, "--out", str(run)]
     train(argv)
     options = (run / "config.yaml").read_text()
     assert "physics: rllab" in options and "frame_skip: 1" in options
     assert all(f"{key.split('.')[-1]}: {value}" in options for key, value in (o.split("=") for o in extra))
+    assert (run / "eval.json").is_file()
+
+
+def test_the_former_direction_defaults_train_by_override(tmp_path):
+    """``fastmaml train ant-dir threads=2 env_options.physics=v5 env_options.frame_skip=2 budget=trajectories``
+    (docs/tutorials/locomotion.md, CHANGELOG.md, RESULTS.md's Ant-v5 run), as written, with short overrides."""
+    run = tmp_path / "run"
+    train(["train", "ant-dir", "threads=2", "env_options.physics=v5", "env_options.frame_skip=2", "budget=trajectories",
+           *SHORT, "--out", str(run)])
+    config = rlcfg.load(run / "config.yaml")
+    assert (config.env_options["physics"], config.env_options["frame_skip"], config.budget) == ("v5", 2, "trajectories")
     assert (run / "eval.json").is_file()
 
 
