@@ -11,20 +11,23 @@ step, every method on the same sampling noise) and prints mean ± 95% CI over th
 the paper's, and the paired difference per goal between the meta-trained policy and each baseline; for the
 direction families, then the same per direction (forward goals, backward goals).
 
-    python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3] [--budget steps]
+    python benchmarks/paper_goals.py RUN_DIR PATH/TO/maml_rl/icml [--steps 3] [--budget steps] \
+        [--trajectories 43] [--iteration 575]
 
 ``--budget steps`` samples as the paper's test scripts do: their ``VPG(batch_size=8000, max_path_length=200)``
 collects 8,000 environment steps per goal and step (``eval_trajectories`` × ``horizon``), in as many complete
 episodes as that takes, where the run's own budget (``trajectories`` unless its config says otherwise) samples
 ``eval_trajectories`` episodes however short. rllab's sampler overshoots its threshold: each of the test's
 ``n_parallel`` workers (4) finishes the path it is on, so the paper adapted on 3 paths more than the threshold's
-(43 of 200 steps for Ant direction's 8,000); ``eval_trajectories: 43`` in a copy of the run's ``config.yaml``
-samples that (benchmarks/RESULTS.md, "Meta-RL: Ant").
+(43 of 200 steps for Ant direction's 8,000); ``--trajectories 43`` samples that (benchmarks/RESULTS.md,
+"Meta-RL: Ant"). ``--iteration N`` scores the policy the run kept at iteration N (``keep_every``; the paper's
+test scripts scored the launchers' ``itr_575`` and ``itr_375`` snapshots of 800-iteration runs).
 
 The pickles come from a checkout of cbfinn/maml_rl (Python 2 pickles); nothing is downloaded.
 """
 
 import argparse
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -69,19 +72,31 @@ def main() -> None:
     parser.add_argument("--budget", choices=BUDGETS, default=None,
                         help="episodes (trajectories) or environment steps (steps, the paper's test scripts') per "
                              "goal and inner step; default: the run's config")
+    parser.add_argument("--trajectories", type=int, default=None,
+                        help="episodes per goal and inner step (with --budget steps: that many times the horizon "
+                             "in environment steps); default: the run's eval_trajectories")
+    parser.add_argument("--iteration", type=int, default=None,
+                        help="score the policy the run kept at this iteration (keep_every); default: its last")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, as RESULTS.md's scores: another count sums float32 in "
+                             "another order, which moves a score by noise, e.g. 490.3 for 490.5)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     config = rlcfg.load(Path(args.run) / "config.yaml")
+    if args.trajectories is not None:
+        config = dataclasses.replace(config, eval_trajectories=args.trajectories)
     if config.env not in PAPER:
         raise SystemExit(f"{args.run} trains env={config.env}; this script compares {', '.join(PAPER)} runs")
     family = runs.build_family(config)
     tasks = paper_goals(config.env)
-    learners = {"maml": runs.load(args.run)}
+    learners = {"maml": runs.load(args.run, "last" if args.iteration is None else args.iteration)}
     if (Path(args.run) / runs.BASELINES).is_file():
         learners.update(runs.baselines(Path(args.run), config, family))
     budget = args.budget or config.budget
     amount = (f"{config.test_trajectories * config.horizon} environment steps in episodes of up to {config.horizon}"
               if budget == "steps" else f"{config.test_trajectories} trajectories of {config.horizon} steps")
-    print(f"{args.run}: the paper's 40 goals, {amount} per inner step (mean ± 95% CI over goals)")
+    kept = "" if args.iteration is None else f" at iteration {args.iteration}"
+    print(f"{args.run}{kept}: the paper's 40 goals, {amount} per inner step (mean ± 95% CI over goals)")
     print(f"{'method':<22}" + "".join(f"{f'{k} steps':>18}" for k in range(args.steps + 1)))
     ours = {}
     for name, learner in learners.items():

@@ -79,6 +79,7 @@ CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("meta-batch of 0", lambda ws: train(ws, "meta_batch_size=0"), "meta_batch_size=0; it must be >= 1"),
     ("outer_lr 0", lambda ws: train(ws, "outer_lr=0"), "outer_lr=0.0; it must be > 0"),
     ("negative checkpoint_every", lambda ws: train(ws, "checkpoint_every=-1"), "checkpoint_every=-1; it must be >= 0"),
+    ("negative keep_every", lambda ws: train(ws, "keep_every=-1"), "keep_every=-1; it must be >= 0"),
     ("iterations not an int", lambda ws: train(ws, "iterations=ten"), "iterations='ten' is not a valid int"),
     ("unknown dtype", lambda ws: train(ws, "dtype=float16"), "use one of float32, float64"),
     ("unknown lr_schedule", lambda ws: train(ws, "lr_schedule=linear"), "use one of constant, cosine"),
@@ -159,7 +160,7 @@ def batch(tasks: int = 2, features: int = 1) -> fm.TaskBatch:
 API_CASES: list[tuple[str, Callable[[Path], Callable[[], object]], type[Exception], str]] = [
     ("load of a non-run folder", lambda ws: lambda: fm.load(ws), FileNotFoundError, "not a fastmaml run folder"),
     ("load which=middle", lambda ws: lambda: fm.load(ws / "run", which="middle"), ValueError,
-     "use 'best' or 'last'"),
+     "use 'best', 'last' or an iteration the run kept"),
     ("load of a truncated checkpoint", lambda ws: (truncated(ws / "run" / "checkpoint.pt"),
                                                    lambda: fm.load(ws / "run", "last"))[1],
      ValueError, "corrupt or truncated"),

@@ -184,6 +184,27 @@ def finished_run(tmp_path_factory):
     return run
 
 
+def test_kept_checkpoints_load_and_survive_a_resume(tmp_path, capsys):
+    """A supervised run with ``keep_every``: an interrupted run resumed keeps the same checkpoints as one
+    that was not, and ``fm.load(run, N)`` is the model those iterations ended with."""
+    small = ["iterations=6", "log_every=2", "meta_batch_size=4", "baseline_iterations=0", "eval_tasks=2",
+             "eval_inner_steps=1", "compile=false", "threads=1", "keep_every=3"]
+    whole, part, three = tmp_path / "whole", tmp_path / "part", tmp_path / "three"
+    assert main(["train", "sinusoid", *small, "--out", str(whole), "--no-progress"]) == 0
+    assert main(["train", "sinusoid", *small[1:], "iterations=4", "--out", str(part), "--no-progress"]) == 0
+    config = (part / "config.yaml").read_text()
+    (part / "config.yaml").write_text(config.replace("iterations: 4", "iterations: 6"))
+    assert main(["train", "--resume", str(part), "--no-progress"]) == 0
+    assert main(["train", "sinusoid", *small[1:], "iterations=3", "--out", str(three), "--no-progress"]) == 0
+    for run in (whole, part):
+        assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["checkpoint-3.pt", "checkpoint-6.pt"]
+    at_three, ended = fastmaml.load(whole, 3).state_dict(), fastmaml.load(three, "last").state_dict()
+    resumed = fastmaml.load(part, 3).state_dict()
+    assert all(torch.equal(at_three[k], ended[k]) and torch.equal(at_three[k], resumed[k]) for k in ended)
+    assert main(["eval", str(whole), "--iteration", "-1"]) == 2
+    assert "--iteration -1" in capsys.readouterr().err
+
+
 def test_code_carrying_checkpoint_is_refused_unrun(finished_run, tmp_path, capsys):
     import shutil
 

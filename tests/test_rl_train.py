@@ -135,6 +135,36 @@ def test_resume_continues_exactly(tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
 
 
+def test_kept_checkpoints_are_the_runs_own_at_those_iterations(tmp_path, capsys):
+    """``keep_every=2``: snapshots/checkpoint-2.pt and -4.pt are what 2- and 4-iteration runs end with (maml_rl
+    kept every 25th policy and its paper scored one of them); ``fm.load(run, 2)`` and ``fastmaml eval
+    --iteration 2`` meta-test the kept one, and an iteration the run did not keep is one line listing those
+    it did."""
+    kept, short = tmp_path / "kept", tmp_path / "short"
+    overrides = [o for o in TINY if not o.startswith(("iterations", "baseline", "checkpoint"))]
+    overrides += ["baseline_iterations=0", "checkpoint_every=0"]
+    assert main(["train", "nav2d", *overrides, "iterations=4", "keep_every=2", "--out", str(kept),
+                 "--no-progress"]) == 0
+    assert main(["train", "nav2d", *overrides, "iterations=2", "--out", str(short), "--no-progress"]) == 0
+    assert sorted(p.name for p in (kept / "snapshots").iterdir()) == ["checkpoint-2.pt", "checkpoint-4.pt"]
+    for snapshot, whole in (("checkpoint-2.pt", short), ("checkpoint-4.pt", kept)):
+        a, b = torch.load(kept / "snapshots" / snapshot), torch.load(whole / "checkpoint.pt")
+        assert all(torch.equal(a["policy"][name], b["policy"][name]) for name in a["policy"]), snapshot
+    loaded, last = fm.load(kept, 2), fm.load(short)
+    assert all(torch.equal(p, q) for p, q in zip(loaded.policy.parameters(), last.policy.parameters()))
+    capsys.readouterr()
+    assert main(["eval", str(kept), "--iteration", "2", "--tasks", "2", "--steps", "1", "--json"]) == 0
+    from_snapshot = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(short), "--tasks", "2", "--steps", "1", "--json", "--out", str(tmp_path / "e.json")]) == 0
+    assert from_snapshot["maml"]["returns"] == json.loads(capsys.readouterr().out)["maml"]["returns"]
+    assert (kept / "eval-iteration2-2tasks-1steps.json").is_file() and (kept / "eval.json").is_file()
+    for run, message in ((kept, "no checkpoint kept at iteration 3; name one it kept: 2, 4"),
+                         (short, "it kept none: train with keep_every=N")):
+        assert main(["eval", str(run), "--iteration", "3"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_pretrained_baseline_resumes_exactly(tmp_path, monkeypatch, capsys):
     """SIGTERM while the pretrained baseline trains: a checkpoint of its own, a one-line message, and
     ``--resume`` finishes it bit for bit as an uninterrupted run does."""

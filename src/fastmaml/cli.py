@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mean-episodes", type=int, metavar="N",
                           help="meta-RL: also score N episodes of each policy's mean action per task and step "
                                "(Meta-World's protocol: 3; default: the run's eval_mean_episodes)")
+    evaluate.add_argument("--iteration", type=int, metavar="N",
+                          help="meta-test the checkpoint the run kept at iteration N (trained with keep_every) "
+                               "instead of its best or last")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument("--out", type=Path, metavar="FILE",
                           help="write the results to FILE (default: RUN_DIR/eval.json when the run has none, "
@@ -146,11 +149,12 @@ def _train(args: argparse.Namespace, kind) -> int:
     return 0
 
 
-def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: Path | None, overwrite: bool
-              ) -> Path:
+def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: Path | None, overwrite: bool,
+              iteration: int | None = None) -> Path:
     """Where ``fastmaml eval`` writes its results: ``out`` when given; the run's ``eval.json`` when the run has
     none yet or ``overwrite`` is set; else ``eval-<tasks>tasks-<steps>steps.json`` beside it, so the
-    evaluation that ``fastmaml train`` wrote is never replaced unasked."""
+    evaluation that ``fastmaml train`` wrote is never replaced unasked. A kept checkpoint's (``iteration``)
+    is ``eval-iteration<N>-<tasks>tasks-<steps>steps.json``."""
     if out is not None:
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; name a file, e.g. --out {out / 'eval.json'}")
@@ -160,21 +164,24 @@ def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: 
             raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
         return out
     default = run_dir / "eval.json"
-    if overwrite or config is None or not default.exists():
+    if config is None or (iteration is None and (overwrite or not default.exists())):
         return default  # (no config: the evaluation stops, before writing anything, on the reason)
     tasks = config.eval_tasks if tasks is None else tasks
     steps = config.eval_inner_steps if steps is None else steps
-    return run_dir / f"eval-{tasks}tasks-{steps}steps.json"
+    kept = "" if iteration is None else f"iteration{iteration}-"
+    return run_dir / f"eval-{kept}{tasks}tasks-{steps}steps.json"
 
 
 def _evaluate(args: argparse.Namespace, kind) -> int:
     from fastmaml.threads import use_free_cores
 
+    if args.iteration is not None and args.iteration < 0:
+        raise ValueError(f"--iteration {args.iteration}; name an iteration the run kept a checkpoint at (>= 0)")
     config = _saved_config(kind, args.run_dir)
-    out = eval_path(args.run_dir, config, args.tasks, args.steps, args.out, args.overwrite)
+    out = eval_path(args.run_dir, config, args.tasks, args.steps, args.out, args.overwrite, args.iteration)
     replacing = out.exists()
     with use_free_cores(config.threads if config is not None else None):
-        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out, args.mean_episodes)
+        results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out, args.mean_episodes, args.iteration)
     print(json.dumps(results, indent=1) if args.json else kind.summary(results))
     kept = args.out is None and out.name != "eval.json"
     note = " (replacing the earlier file)" if replacing else " (the run's eval.json is kept)" if kept else ""

@@ -3,9 +3,10 @@
 
 A kind is a module with the functions the command line calls: ``resolve(recipe, overrides)``,
 ``load_config(run_dir)``, ``train(config, out, overwrite, progress)``, ``resume(run_dir, progress, device)``,
-``evaluate_run(run_dir, tasks, steps, out, mean_episodes)``, ``plot_run(run_dir, out)``, ``summary(results)`` and
-``load(run_dir, which)``. A recipe or a run folder's ``config.yaml`` names its kind in a ``kind:`` key
-(absent: ``supervised``). Every kind trains in the one loop, :func:`fastmaml.train.loop.run_loop`.
+``evaluate_run(run_dir, tasks, steps, out, mean_episodes, iteration)``, ``plot_run(run_dir, out)``,
+``summary(results)`` and ``load(run_dir, which)``. A recipe or a run folder's ``config.yaml`` names its kind
+in a ``kind:`` key (absent: ``supervised``). Every kind trains in the one loop,
+:func:`fastmaml.train.loop.run_loop`.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def of_run(run_dir: str | Path) -> ModuleType:
     return named(cfg._parse_yaml(path.read_text(), str(path)), str(path))
 
 
-def load(run_dir: str | Path, which: str = "best") -> Any:
+def load(run_dir: str | Path, which: str | int = "best") -> Any:
     """The trained learner of a run folder, whatever its kind: for supervised runs the algorithm (e.g.
     ``MAML``, ready to ``adapt`` and ``predict``; ``which="best"`` takes the best meta-validation checkpoint
     when the run kept one, else the last), for meta-RL runs the policy's learner (``adapt`` and ``act``).
+    ``which=N`` takes the checkpoint the run kept at iteration N (a run trained with ``keep_every``).
 
     Example:
         >>> from fastmaml.train import train

@@ -77,6 +77,7 @@ class RLConfig:
     dtype: str = "float32"
     log_every: int = 10
     checkpoint_every: int = 50
+    keep_every: int = 0  # keep the checkpoint of every keep_every-th iteration as snapshots/checkpoint-<N>.pt
     eval_tasks: int = 40
     eval_inner_steps: int = 3
     eval_trajectories: int = 0  # episodes per inner step at meta-test; 0: ``trajectories``
@@ -96,9 +97,9 @@ class RLConfig:
                      "ls_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")
-        for name in ("inner_steps", "iterations", "checkpoint_every", "eval_inner_steps", "baseline_iterations",
-                     "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories", "eval_step_scale",
-                     "eval_mean_episodes"):
+        for name in ("inner_steps", "iterations", "checkpoint_every", "keep_every", "eval_inner_steps",
+                     "baseline_iterations", "threads", "inner_lr", "cg_damping", "max_minutes", "eval_trajectories",
+                     "eval_step_scale", "eval_mean_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 0")
         for name in ("max_kl", "outer_lr"):

@@ -36,10 +36,10 @@ def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | N
 
 
 def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path,
-                 mean_episodes: int | None = None) -> dict:
+                 mean_episodes: int | None = None, iteration: int | None = None) -> dict:
     from fastmaml.rl.train import evaluate_run as evaluate
 
-    return evaluate(run_dir, tasks, steps, out=out, mean_episodes=mean_episodes)
+    return evaluate(run_dir, tasks, steps, out=out, mean_episodes=mean_episodes, iteration=iteration)
 
 
 def plot_run(run_dir: Path, out: Path | None) -> Path:
@@ -54,7 +54,7 @@ def summary(results: dict) -> str:
     return format_table(results)
 
 
-def load(run_dir: str | Path, which: str = "last"):
+def load(run_dir: str | Path, which: str | int = "last"):
     from fastmaml.rl import train as runs
 
     return runs.load(run_dir, which)

@@ -28,7 +28,7 @@ from fastmaml.train import folder
 from fastmaml.train.checkpoint import load_checkpoint, random_state, restore_random_state, save_atomic, \
     write_text_atomic
 from fastmaml.train.folder import BASELINE_LAST, BASELINE_METRICS, BASELINES, CONFIG, DTYPES, EVAL, LAST, METRICS, \
-    check_run_dir, restoring
+    check_run_dir, checkpoint_path, restoring
 from fastmaml.train.loop import Interrupted, LoopState, StopRequest, check_finite, run_loop
 
 log = logging.getLogger(__name__)
@@ -164,16 +164,18 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
     else:
         folder.create(config, run_dir, overwrite)
 
-    def save(state: LoopState) -> None:
+    def save(state: LoopState) -> Path:
         save_atomic({"policy": learner.policy.state_dict(), "rule": learner.rule_state.state_dict(),
                      "optimizer": optimizer.state_dict() if optimizer else None, "iteration": state.iteration,
                      "history": state.history, "random": random_state({"train": generator})},
                     run_dir / LAST)
+        return run_dir / LAST
 
     stop = StopRequest()
     with stop.installed():
         run_loop(MetaRLSteps(learner, family, config, generator, optimizer), state, iterations=config.iterations,
                  log_every=config.log_every, checkpoint=save, checkpoint_every=config.checkpoint_every,
+                 keep_every=config.keep_every,
                  metrics_path=run_dir / METRICS, stop=stop, max_minutes=config.max_minutes, progress=progress)
     save(state)
     if config.baseline_iterations and not (run_dir / BASELINES).is_file():
@@ -248,9 +250,10 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: 
         state = _restore(load_checkpoint(where), mixture, None, generator, where)
     folder.reopen(run_dir, state.history, BASELINE_METRICS)
 
-    def save(state: LoopState) -> None:
+    def save(state: LoopState) -> Path:
         save_atomic({"policy": pretrained.policy.state_dict(), "iteration": state.iteration,
                      "history": state.history, "random": random_state({"train": generator})}, where)
+        return where
 
     log.info("the pretrained baseline: %d TRPO iterations on the task mixture (%s)", config.baseline_iterations,
              BASELINE_METRICS)
@@ -271,16 +274,19 @@ def train_baselines(config: rlcfg.RLConfig, run_dir: Path, family, *, progress: 
     where.unlink(missing_ok=True)
 
 
-def load(run_dir: str | Path, which: str = "last") -> MetaRL:
-    """The meta-trained learner of a meta-RL run folder, ready to ``adapt`` and ``act``."""
+def load(run_dir: str | Path, which: str | int = "last") -> MetaRL:
+    """The meta-trained learner of a meta-RL run folder, ready to ``adapt`` and ``act``: its last checkpoint
+    (``which`` "last", or "best": a meta-RL run keeps no meta-validation best), or the one kept at iteration
+    ``which`` (``keep_every``)."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir, overwrite=False, resume=True)
+    path = checkpoint_path(run_dir, which)
     config = rlcfg.load(run_dir / CONFIG)
     family = build_family(config)
     learner = build_learner(config, family, config.seed)
-    checkpoint = load_checkpoint(run_dir / LAST)
+    checkpoint = load_checkpoint(path)
     if "policy" not in checkpoint:
-        raise ValueError(f"{run_dir / LAST} holds no policy; it was not written by `fastmaml train` for meta-RL")
+        raise ValueError(f"{path} holds no policy; it was not written by `fastmaml train` for meta-RL")
     learner.policy.load_state_dict(checkpoint["policy"])
     learner.rule_state.load_state_dict(checkpoint.get("rule", {}))
     return learner
@@ -297,11 +303,13 @@ def baselines(run_dir: Path, config: rlcfg.RLConfig, family) -> dict[str, MetaRL
 
 
 def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
-                 out: str | Path | None = None, mean_episodes: int | None = None) -> dict:
+                 out: str | Path | None = None, mean_episodes: int | None = None, iteration: int | None = None
+                 ) -> dict:
     """Meta-test the run and its baselines on fresh tasks (their own seed stream); writes ``eval.json`` (or ``out``).
-    ``mean_episodes``: mean-action episodes per task and step (default: the run's ``eval_mean_episodes``)."""
+    ``mean_episodes``: mean-action episodes per task and step (default: the run's ``eval_mean_episodes``).
+    ``iteration``: meta-test the policy the run kept then (``keep_every``) instead of its last."""
     run_dir = Path(run_dir)
-    learner = load(run_dir)
+    learner = load(run_dir, "last" if iteration is None else iteration)
     config = rlcfg.load(run_dir / CONFIG)
     family = build_family(config)
     methods = {"maml": learner}

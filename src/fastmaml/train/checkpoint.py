@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,12 @@ def _write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> None:
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save(obj, path)``, atomically (temporary file, fsync, rename)."""
     _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
+def copy_atomic(source: Path, path: Path) -> None:
+    """A copy of the file ``source`` at ``path``, atomically."""
+    with Path(source).open("rb") as f:
+        _write_atomic(path, "wb", lambda out: shutil.copyfileobj(f, out))
 
 
 def write_text_atomic(text: str, path: Path) -> None:

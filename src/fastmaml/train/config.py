@@ -87,12 +87,13 @@ class TrainConfig:
     val_tasks: int = 100
     eval_tasks: int = 600
     checkpoint_every: int = 0
+    keep_every: int = 0  # keep the checkpoint of every keep_every-th iteration as snapshots/checkpoint-<N>.pt
     baseline_iterations: int = 5_000
 
     def __post_init__(self) -> None:
         positive = ("meta_batch_size", "eval_tasks", "val_tasks", "log_every")
         non_negative = ("inner_steps", "eval_inner_steps", "iterations", "threads", "val_every",
-                        "checkpoint_every", "baseline_iterations", "inner_lr", "momentum", "max_minutes")
+                        "checkpoint_every", "keep_every", "baseline_iterations", "inner_lr", "momentum", "max_minutes")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; it must be >= 1")

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from fastmaml.train import config as cfg
-from fastmaml.train.checkpoint import load_checkpoint, write_text_atomic
+from fastmaml.train.checkpoint import copy_atomic, load_checkpoint, write_text_atomic
 
 CONFIG, METRICS, LAST, BEST, BASELINES, EVAL, TENSORBOARD = (
     "config.yaml", "metrics.jsonl", "checkpoint.pt", "best.pt", "baselines.pt", "eval.json", "tensorboard")
 # meta-RL's pretrained baseline while it trains: its checkpoint (removed once baselines.pt is written) and metrics
 BASELINE_LAST, BASELINE_METRICS = "baseline-checkpoint.pt", "baseline-metrics.jsonl"
+SNAPSHOTS = "snapshots"  # the checkpoints kept every ``keep_every`` iterations: snapshots/checkpoint-<iteration>.pt
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -86,6 +87,39 @@ def reopen(run_dir: Path, history: list[dict], metrics: str = METRICS) -> None:
     write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / metrics)
     for leftover in run_dir.glob(".*.tmp"):
         leftover.unlink()
+
+
+def keep_snapshot(checkpoint: Path, iteration: int) -> Path:
+    """A copy of ``checkpoint`` (just written at ``iteration``) kept beside it as
+    ``snapshots/<name>-<iteration>.pt``, which later checkpoints do not overwrite."""
+    checkpoint = Path(checkpoint)
+    kept = checkpoint.parent / SNAPSHOTS / f"{checkpoint.stem}-{iteration}{checkpoint.suffix}"
+    kept.parent.mkdir(exist_ok=True)
+    copy_atomic(checkpoint, kept)
+    return kept
+
+
+def kept_iterations(run_dir: Path) -> list[int]:
+    """The iterations whose checkpoint the run kept (``keep_every``), in order."""
+    names = (p.stem.removeprefix("checkpoint-") for p in (Path(run_dir) / SNAPSHOTS).glob("checkpoint-*.pt"))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def checkpoint_path(run_dir: Path, which: str | int) -> Path:
+    """The run's checkpoint ``which``: ``"last"`` (or ``"best"``, which a kind with meta-validation resolves
+    further) is ``checkpoint.pt``; an iteration is the checkpoint kept then, and a one-line error lists the
+    kept ones when there is none."""
+    if which in ("best", "last"):
+        return Path(run_dir) / LAST
+    if isinstance(which, bool) or not isinstance(which, int) or which < 0:
+        raise ValueError(f"which={which!r}; use 'best', 'last' or an iteration the run kept a checkpoint at")
+    path = Path(run_dir) / SNAPSHOTS / f"checkpoint-{which}.pt"
+    if not path.is_file():
+        kept = kept_iterations(run_dir)
+        fix = f"name one it kept: {', '.join(map(str, kept))}" if kept else \
+            "it kept none: train with keep_every=N to keep the checkpoint every N iterations"
+        raise FileNotFoundError(f"{run_dir} has no checkpoint kept at iteration {which}; {fix}")
+    return path
 
 
 def append_metrics(path: Path, lines: list[dict]) -> None:

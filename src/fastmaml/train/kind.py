@@ -34,12 +34,12 @@ def resume(run_dir: Path, progress: bool, device: str | None = None) -> dict | N
 
 
 def evaluate_run(run_dir: Path, tasks: int | None, steps: int | None, out: Path | None = None,
-                 mean_episodes: int | None = None) -> dict:
+                 mean_episodes: int | None = None, iteration: int | None = None) -> dict:
     from fastmaml.train import run
 
     if mean_episodes is not None:
         raise ValueError("--mean-episodes scores a meta-RL policy's mean action; drop it for a supervised run")
-    return run.evaluate_run(run_dir, tasks, steps, out=out)
+    return run.evaluate_run(run_dir, tasks, steps, out=out, iteration=iteration)
 
 
 def plot_run(run_dir: Path, out: Path | None) -> Path:
@@ -55,7 +55,7 @@ def summary(results: dict) -> str:
     return format_table(results, metric)
 
 
-def load(run_dir: str | Path, which: str = "best") -> nn.Module:
+def load(run_dir: str | Path, which: str | int = "best") -> nn.Module:
     from fastmaml.train import run
 
     return run.load(run_dir, which)

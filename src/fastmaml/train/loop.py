@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from fastmaml.train.folder import append_metrics
+from fastmaml.train.folder import append_metrics, keep_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,9 @@ def run_loop(
     *,
     iterations: int,
     log_every: int = 100,
-    checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint: Callable[[LoopState], Path] | None = None,
     checkpoint_every: int = 0,
+    keep_every: int = 0,
     on_log: Callable[[LoopState, bool], None] | None = None,
     metrics_path: Path | None = None,
     writer: Any = None,
@@ -173,8 +174,10 @@ def run_loop(
     ``state.history``, ``on_log(state, last)`` may add to the last one (validation), then they are appended to
     ``metrics_path`` (JSON lines; a run folder's metrics.jsonl) and written as TensorBoard scalars through
     ``writer``. Every ``checkpoint_every`` iterations, and when ``stop`` reports a signal, ``checkpoint(state)``
-    is called; after a signal the loop raises :class:`Interrupted`. Only the process that writes passes
-    ``metrics_path``, ``writer``, ``checkpoint`` and ``progress``.
+    writes a checkpoint and returns its path; every ``keep_every`` iterations it is also called and a copy
+    of its file is kept (:func:`fastmaml.train.folder.keep_snapshot`: ``snapshots/checkpoint-<iteration>.pt``),
+    as maml_rl kept every 25th iteration's policy. After a signal the loop raises :class:`Interrupted`. Only
+    the process that writes passes ``metrics_path``, ``writer``, ``checkpoint`` and ``progress``.
     """
     bar = Progress(iterations, state.iteration, progress)
     deadline = time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
@@ -205,11 +208,15 @@ def run_loop(
             if shown is not None:
                 bar.update(state.iteration - shown_at, **shown)
                 shown_at = state.iteration
-            if checkpoint is not None and ((checkpoint_every and state.iteration % checkpoint_every == 0) or stopping):
+            keeping = bool(keep_every) and state.iteration % keep_every == 0
+            if checkpoint is not None and ((checkpoint_every and state.iteration % checkpoint_every == 0) or keeping
+                                           or stopping):
                 steps.settle(kept())
                 state.running = steps.running()
-                checkpoint(state)
+                written = checkpoint(state)
                 saved_at = state.iteration
+                if keeping:
+                    keep_snapshot(written, state.iteration)
             if stopping:
                 raise Interrupted(state.iteration, stop.signum if stop is not None and stop.signum else
                                   signal.SIGTERM, metrics_path.parent if metrics_path is not None else None)

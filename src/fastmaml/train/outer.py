@@ -177,8 +177,9 @@ def meta_train(
     metrics_path: Path | None = None,
     writer: Any = None,
     on_log: Callable[[LoopState, bool], None] | None = None,
-    checkpoint: Callable[[LoopState], None] | None = None,
+    checkpoint: Callable[[LoopState], Path] | None = None,
     checkpoint_every: int = 0,
+    keep_every: int = 0,
     stop: StopRequest | None = None,
     dist: Context | None = None,
     progress: bool = True,
@@ -202,8 +203,8 @@ def meta_train(
     steps = OuterSteps(algorithm, optimizer, tasks, generator, meta_batch_size, iterations,
                        step or make_step(algorithm), scheduler, dist, state.running)
     return run_loop(steps, state, iterations=iterations, log_every=log_every, checkpoint=checkpoint,
-                    checkpoint_every=checkpoint_every, on_log=on_log, metrics_path=metrics_path, writer=writer,
-                    stop=stop, max_minutes=max_minutes, progress=progress)
+                    checkpoint_every=checkpoint_every, keep_every=keep_every, on_log=on_log,
+                    metrics_path=metrics_path, writer=writer, stop=stop, max_minutes=max_minutes, progress=progress)
 
 
 def save_run_checkpoint(path: Path, algorithm: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState,

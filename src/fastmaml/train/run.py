@@ -31,7 +31,8 @@ from fastmaml.train.build import (
 from fastmaml.train.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from fastmaml.train.evaluate import evaluate
 from fastmaml.train.folder import (
-    BASELINES, BEST, CONFIG, DTYPES, EVAL, LAST, METRICS, TENSORBOARD, check_run_dir, prepare_run_dir)
+    BASELINES, BEST, CONFIG, DTYPES, EVAL, LAST, METRICS, TENSORBOARD, check_run_dir, checkpoint_path,
+    prepare_run_dir)
 from fastmaml.train.loop import Interrupted, LoopState, StopRequest
 from fastmaml.train.outer import make_step, meta_train, restore_run_checkpoint, save_run_checkpoint
 
@@ -112,9 +113,10 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
     writer = writer_class(str(run_dir / TENSORBOARD), purge_step=state.iteration + 1 if resume else None) \
         if writer_class is not None else None
 
-    def save(state: LoopState) -> None:
+    def save(state: LoopState) -> Path:
         save_run_checkpoint(run_dir / LAST, run.algorithm, run.optimizer, state, run.generators, run.scheduler,
                             {"model_args": run.args})
+        return run_dir / LAST
 
     stop = StopRequest()
     try:
@@ -124,8 +126,8 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
                 meta_batch_size=config.meta_batch_size, step=make_step(run.algorithm), scheduler=run.scheduler,
                 state=state, log_every=config.log_every, metrics_path=run_dir / METRICS if main else None,
                 writer=writer, on_log=_Validation(config, run, run_dir) if main else None,
-                checkpoint=save if main else None,
-                checkpoint_every=config.checkpoint_every, stop=stop, dist=dist, progress=progress and main,
+                checkpoint=save if main else None, checkpoint_every=config.checkpoint_every,
+                keep_every=config.keep_every, stop=stop, dist=dist, progress=progress and main,
                 max_minutes=config.max_minutes,
             )
     except (Interrupted, FloatingPointError):
@@ -242,20 +244,21 @@ def train_baselines(config: cfg.TrainConfig, run_dir: Path, tasks, fresh: nn.Mod
     }, run_dir / BASELINES)
 
 
-def load(run_dir: str | Path, which: str = "best") -> nn.Module:
+def load(run_dir: str | Path, which: str | int = "best") -> nn.Module:
     """The trained algorithm (e.g. ``MAML``) of a supervised run folder, ready to ``adapt`` and ``predict``
     (``fm.load``, :func:`fastmaml.kinds.load`, takes a run of any kind).
 
-    ``which="best"`` takes the best meta-validation checkpoint when the run kept one, else the last.
+    ``which="best"`` takes the best meta-validation checkpoint when the run kept one, else the last; an
+    iteration takes the checkpoint kept then (``keep_every``).
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise FileNotFoundError(
             f"{run_dir} is not a fastmaml run folder (no {CONFIG}); pass the folder `fastmaml train` wrote")
-    if which not in ("best", "last"):
-        raise ValueError(f"which={which!r}; use 'best' or 'last'")
     config = cfg.load(run_dir / CONFIG)
-    path = run_dir / BEST if which == "best" and (run_dir / BEST).is_file() else run_dir / LAST
+    path = checkpoint_path(run_dir, which)
+    if which == "best" and (run_dir / BEST).is_file():
+        path = run_dir / BEST
     checkpoint = load_checkpoint(path)
     if "model_args" not in checkpoint:
         raise ValueError(f"{path} holds no model shape (model_args); it was not written by `fastmaml train`")
@@ -279,8 +282,9 @@ def baselines(run_dir: Path) -> dict[str, nn.Module]:
 
 
 def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps: int | None = None,
-                 out: str | Path | None = None) -> dict:
+                 out: str | Path | None = None, iteration: int | None = None) -> dict:
     """Meta-test the run (and its baselines) on fresh test tasks; writes ``eval.json`` (or ``out``).
+    ``iteration``: meta-test the checkpoint the run kept then (``keep_every``) instead of its best or last.
 
     Example:
         >>> config = fm.TrainConfig(iterations=2, meta_batch_size=2, eval_tasks=4, baseline_iterations=0)
@@ -290,7 +294,7 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
         (8, 2)
     """
     run_dir = Path(run_dir)
-    algorithm = load(run_dir)  # raises for a folder that is not a run
+    algorithm = load(run_dir, "best" if iteration is None else iteration)  # raises for a folder that is not a run
     config = cfg.load(run_dir / CONFIG)
     device = eval_device(config.device)
     algorithm = algorithm.to(device)
