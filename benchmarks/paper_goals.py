@@ -81,6 +81,8 @@ def main() -> None:
                         help="torch threads (default 1, as RESULTS.md's scores: another count sums float32 in "
                              "another order, which moves a score by noise, e.g. 490.3 for 490.5)")
     args = parser.parse_args()
+    if args.threads < 1:
+        raise SystemExit(f"--threads {args.threads}; use 1 or more")
     torch.set_num_threads(args.threads)
     config = rlcfg.load(Path(args.run) / "config.yaml")
     if args.trajectories is not None:
@@ -89,7 +91,10 @@ def main() -> None:
         raise SystemExit(f"{args.run} trains env={config.env}; this script compares {', '.join(PAPER)} runs")
     family = runs.build_family(config)
     tasks = paper_goals(config.env)
-    learners = {"maml": runs.load(args.run, "last" if args.iteration is None else args.iteration)}
+    try:
+        learners = {"maml": runs.load(args.run, "last" if args.iteration is None else args.iteration)}
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
     if (Path(args.run) / runs.BASELINES).is_file():
         learners.update(runs.baselines(Path(args.run), config, family))
     budget = args.budget or config.budget

@@ -185,8 +185,9 @@ def finished_run(tmp_path_factory):
 
 
 def test_kept_checkpoints_load_and_survive_a_resume(tmp_path, capsys):
-    """A supervised run with ``keep_every``: an interrupted run resumed keeps the same checkpoints as one
-    that was not, and ``fm.load(run, N)`` is the model those iterations ended with."""
+    """A supervised run with ``keep_every``: a run resumed keeps the same checkpoints as one that was not
+    (also when it stopped between a kept iteration's checkpoint and its copy), and ``fm.load(run, N)`` is the
+    model those iterations ended with."""
     small = ["iterations=6", "log_every=2", "meta_batch_size=4", "baseline_iterations=0", "eval_tasks=2",
              "eval_inner_steps=1", "compile=false", "threads=1", "keep_every=3"]
     whole, part, three = tmp_path / "whole", tmp_path / "part", tmp_path / "three"
@@ -201,6 +202,13 @@ def test_kept_checkpoints_load_and_survive_a_resume(tmp_path, capsys):
     at_three, ended = fastmaml.load(whole, 3).state_dict(), fastmaml.load(three, "last").state_dict()
     resumed = fastmaml.load(part, 3).state_dict()
     assert all(torch.equal(at_three[k], ended[k]) and torch.equal(at_three[k], resumed[k]) for k in ended)
+    at_six, resumed = fastmaml.load(whole, 6).state_dict(), fastmaml.load(part, 6).state_dict()  # kept after it
+    assert all(torch.equal(at_six[k], resumed[k]) for k in at_six)
+    (part / "snapshots" / "checkpoint-6.pt").unlink()  # as if killed between the checkpoint and its copy
+    (part / "config.yaml").write_text(config.replace("iterations: 4", "iterations: 7"))
+    assert main(["train", "--resume", str(part), "--no-progress"]) == 0
+    again = fastmaml.load(part, 6).state_dict()  # copied from the checkpoint the resume started from
+    assert all(torch.equal(at_six[k], again[k]) for k in at_six)
     assert main(["eval", str(whole), "--iteration", "-1"]) == 2
     assert "--iteration -1" in capsys.readouterr().err
 

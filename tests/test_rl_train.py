@@ -158,6 +158,9 @@ def test_kept_checkpoints_are_the_runs_own_at_those_iterations(tmp_path, capsys)
     assert main(["eval", str(short), "--tasks", "2", "--steps", "1", "--json", "--out", str(tmp_path / "e.json")]) == 0
     assert from_snapshot["maml"]["returns"] == json.loads(capsys.readouterr().out)["maml"]["returns"]
     assert (kept / "eval-iteration2-2tasks-1steps.json").is_file() and (kept / "eval.json").is_file()
+    final = (kept / "eval.json").read_text()
+    rltrain.evaluate_run(kept, num_tasks=2, inner_steps=1, iteration=4)  # in Python: the run's results stay too
+    assert (kept / "eval-iteration4-2tasks-1steps.json").is_file() and (kept / "eval.json").read_text() == final
     for run, message in ((kept, "no checkpoint kept at iteration 3; name one it kept: 2, 4"),
                          (short, "it kept none: train with keep_every=N")):
         assert main(["eval", str(run), "--iteration", "3"]) == 2

@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument("--out", type=Path, metavar="FILE",
                           help="write the results to FILE (default: RUN_DIR/eval.json when the run has none, "
-                               "else RUN_DIR/eval-<tasks>tasks-<steps>steps.json)")
+                               "else RUN_DIR/eval-<tasks>tasks-<steps>steps.json; with --iteration N "
+                               "RUN_DIR/eval-iterationN-<tasks>tasks-<steps>steps.json)")
     evaluate.add_argument("--overwrite", action="store_true",
                           help="replace an existing results file (without --out: the run's eval.json)")
 
@@ -168,8 +169,11 @@ def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: 
         return default  # (no config: the evaluation stops, before writing anything, on the reason)
     tasks = config.eval_tasks if tasks is None else tasks
     steps = config.eval_inner_steps if steps is None else steps
-    kept = "" if iteration is None else f"iteration{iteration}-"
-    return run_dir / f"eval-{kept}{tasks}tasks-{steps}steps.json"
+    if iteration is not None:
+        from fastmaml.train.folder import results_path
+
+        return results_path(run_dir, None, tasks, steps, iteration)
+    return run_dir / f"eval-{tasks}tasks-{steps}steps.json"
 
 
 def _evaluate(args: argparse.Namespace, kind) -> int:
@@ -183,7 +187,7 @@ def _evaluate(args: argparse.Namespace, kind) -> int:
     with use_free_cores(config.threads if config is not None else None):
         results = kind.evaluate_run(args.run_dir, args.tasks, args.steps, out, args.mean_episodes, args.iteration)
     print(json.dumps(results, indent=1) if args.json else kind.summary(results))
-    kept = args.out is None and out.name != "eval.json"
+    kept = args.out is None and out.name != "eval.json" and (args.run_dir / "eval.json").is_file()
     note = " (replacing the earlier file)" if replacing else " (the run's eval.json is kept)" if kept else ""
     print(f"results written to {out}{note}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -103,13 +103,13 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, seed: int = 0) 
     and over training where the family reports it); return its path."""
     from fastmaml.rl import config as rlcfg
     from fastmaml.rl import train as runs
-    from fastmaml.train.folder import METRICS
+    from fastmaml.train.folder import EVAL, METRICS
 
     run_dir = Path(run_dir)
     learner = runs.load(run_dir)
     config = rlcfg.load(run_dir / runs.CONFIG)
     plt = _pyplot()
-    eval_path = run_dir / runs.EVAL
+    eval_path = run_dir / EVAL
     results = json.loads(eval_path.read_text()) if eval_path.is_file() else runs.evaluate_run(run_dir)
     history = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     navigation = config.env == "navigation2d"  # the only family whose behaviour draws as a path

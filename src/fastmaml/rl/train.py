@@ -27,7 +27,7 @@ from fastmaml.rl.trpo import TRPOConfig, trpo_step
 from fastmaml.train import folder
 from fastmaml.train.checkpoint import load_checkpoint, random_state, restore_random_state, save_atomic, \
     write_text_atomic
-from fastmaml.train.folder import BASELINE_LAST, BASELINE_METRICS, BASELINES, CONFIG, DTYPES, EVAL, LAST, METRICS, \
+from fastmaml.train.folder import BASELINE_LAST, BASELINE_METRICS, BASELINES, CONFIG, DTYPES, LAST, METRICS, \
     check_run_dir, checkpoint_path, restoring
 from fastmaml.train.loop import Interrupted, LoopState, StopRequest, check_finite, run_loop
 
@@ -161,6 +161,7 @@ def train(config: rlcfg.RLConfig | None, run_dir: Path, *, overwrite: bool = Fal
         state = _restore(checkpoint, learner, optimizer, generator, run_dir / LAST)
     if resume:
         folder.reopen(run_dir, state.history)
+        folder.keep_missing_snapshot(run_dir, state.iteration, config.keep_every)
     else:
         folder.create(config, run_dir, overwrite)
 
@@ -322,5 +323,5 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
     tasks = config.eval_tasks if num_tasks is None else num_tasks
     mean_episodes = config.eval_mean_episodes if mean_episodes is None else mean_episodes
     results = evaluate(methods, family, tasks, steps, config.seed + TEST_STREAM, mean_episodes)
-    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
+    write_text_atomic(json.dumps(results, indent=1), folder.results_path(run_dir, out, tasks, steps, iteration))
     return results

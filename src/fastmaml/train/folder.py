@@ -85,8 +85,24 @@ def reopen(run_dir: Path, history: list[dict], metrics: str = METRICS) -> None:
     so it is rewritten from the checkpoint's history, exactly what was logged up to its iteration; half-written
     files of a killed atomic save are removed."""
     write_text_atomic("".join(json.dumps(r) + "\n" for r in history), run_dir / metrics)
-    for leftover in run_dir.glob(".*.tmp"):
+    for leftover in [*run_dir.glob(".*.tmp"), *(run_dir / SNAPSHOTS).glob(".*.tmp")]:
         leftover.unlink()
+
+
+def keep_missing_snapshot(run_dir: Path, iteration: int, keep_every: int) -> None:
+    """A run stopped between writing a kept iteration's checkpoint and copying it resumes from that very
+    checkpoint: copy it now, so that a resumed run keeps the same snapshots as one never stopped."""
+    kept = Path(run_dir) / SNAPSHOTS / f"checkpoint-{iteration}.pt"
+    if keep_every and iteration and iteration % keep_every == 0 and not kept.is_file():
+        keep_snapshot(Path(run_dir) / LAST, iteration)
+
+
+def results_path(run_dir: Path, out: str | Path | None, tasks: int, steps: int, iteration: int | None) -> Path:
+    """Where a meta-test writes its results: ``out``; else the run's ``eval.json``, or for a kept checkpoint
+    (``iteration``) ``eval-iteration<N>-<tasks>tasks-<steps>steps.json``, leaving the run's own results alone."""
+    if out is not None:
+        return Path(out)
+    return Path(run_dir) / (EVAL if iteration is None else f"eval-iteration{iteration}-{tasks}tasks-{steps}steps.json")
 
 
 def keep_snapshot(checkpoint: Path, iteration: int) -> Path:

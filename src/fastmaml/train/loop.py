@@ -216,6 +216,9 @@ def run_loop(
                 written = checkpoint(state)
                 saved_at = state.iteration
                 if keeping:
+                    if written is None:
+                        raise TypeError(f"keep_every={keep_every} copies the file checkpoint(state) wrote; make "
+                                        "checkpoint return its path")
                     keep_snapshot(written, state.iteration)
             if stopping:
                 raise Interrupted(state.iteration, stop.signum if stop is not None and stop.signum else

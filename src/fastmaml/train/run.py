@@ -109,6 +109,7 @@ def _train(config: cfg.TrainConfig | None, run_dir: Path, dist: distributed.Cont
         if device_override is not None:  # the next --resume continues where this one runs
             folder.write_config(config, run_dir)
         folder.reopen(run_dir, state.history)
+        folder.keep_missing_snapshot(run_dir, state.iteration, config.keep_every)
     # Events past the checkpoint's iteration (logged before a kill) are purged, as metrics.jsonl's lines are.
     writer = writer_class(str(run_dir / TENSORBOARD), purge_step=state.iteration + 1 if resume else None) \
         if writer_class is not None else None
@@ -308,5 +309,5 @@ def evaluate_run(run_dir: str | Path, num_tasks: int | None = None, inner_steps:
         methods.update({name: m.to(device) for name, m in baselines(run_dir).items()})
     results = {name: evaluate(m, tasks, num_tasks, steps, task_generator(config, "test"))
                for name, m in methods.items()}
-    write_text_atomic(json.dumps(results, indent=1), run_dir / EVAL if out is None else Path(out))
+    write_text_atomic(json.dumps(results, indent=1), folder.results_path(run_dir, out, num_tasks, steps, iteration))
     return results
