@@ -167,13 +167,11 @@ def eval_path(run_dir: Path, config, tasks: int | None, steps: int | None, out: 
     default = run_dir / "eval.json"
     if config is None or (iteration is None and (overwrite or not default.exists())):
         return default  # (no config: the evaluation stops, before writing anything, on the reason)
+    from fastmaml.train.folder import eval_name
+
     tasks = config.eval_tasks if tasks is None else tasks
     steps = config.eval_inner_steps if steps is None else steps
-    if iteration is not None:
-        from fastmaml.train.folder import results_path
-
-        return results_path(run_dir, None, tasks, steps, iteration)
-    return run_dir / f"eval-{tasks}tasks-{steps}steps.json"
+    return run_dir / eval_name(tasks, steps, iteration)
 
 
 def _evaluate(args: argparse.Namespace, kind) -> int:

@@ -97,12 +97,18 @@ def keep_missing_snapshot(run_dir: Path, iteration: int, keep_every: int) -> Non
         keep_snapshot(Path(run_dir) / LAST, iteration)
 
 
+def eval_name(tasks: int, steps: int, iteration: int | None = None) -> str:
+    """The name of a meta-test's results beside the run's own ``eval.json``:
+    ``eval-<tasks>tasks-<steps>steps.json``, or for a kept checkpoint ``eval-iteration<N>-...``."""
+    return f"eval-{'' if iteration is None else f'iteration{iteration}-'}{tasks}tasks-{steps}steps.json"
+
+
 def results_path(run_dir: Path, out: str | Path | None, tasks: int, steps: int, iteration: int | None) -> Path:
     """Where a meta-test writes its results: ``out``; else the run's ``eval.json``, or for a kept checkpoint
-    (``iteration``) ``eval-iteration<N>-<tasks>tasks-<steps>steps.json``, leaving the run's own results alone."""
+    (``iteration``) :func:`eval_name`'s file, leaving the run's own results alone."""
     if out is not None:
         return Path(out)
-    return Path(run_dir) / (EVAL if iteration is None else f"eval-iteration{iteration}-{tasks}tasks-{steps}steps.json")
+    return Path(run_dir) / (EVAL if iteration is None else eval_name(tasks, steps, iteration))
 
 
 def keep_snapshot(checkpoint: Path, iteration: int) -> Path:
