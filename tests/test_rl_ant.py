@@ -305,6 +305,21 @@ def test_the_documented_physics_override_trains_and_evaluates(tmp_path, extra):
     assert (run / "eval.json").is_file()
 
 
+def test_the_kept_checkpoint_commands_run_as_written(tmp_path, monkeypatch):
+    """``fastmaml train ant-dir threads=2 iterations=800``, ``fastmaml eval runs/ant-dir --iteration 575`` and
+    ``fastmaml eval runs/ant-dir`` (docs/tutorials/locomotion.md; docs/how-to/resume.md's ``--iteration 300``), as
+    written with a short run: 25 iterations, so that the recipe's ``keep_every: 25`` keeps one to score."""
+    monkeypatch.chdir(tmp_path)
+    short = [o for o in SHORT if not o.startswith("iterations=")]
+    train(["train", "ant-dir", "threads=2", "iterations=25", *short])
+    run = tmp_path / "runs" / "ant-dir"
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["checkpoint-25.pt"]
+    train(["eval", "runs/ant-dir", "--iteration", "25"])
+    train(["eval", "runs/ant-dir"])
+    assert {p.name for p in run.glob("eval*.json")} == {"eval.json", "eval-iteration25-2tasks-1steps.json",
+                                                        "eval-2tasks-1steps.json"}
+
+
 def test_the_former_direction_defaults_train_by_override(tmp_path):
     """``fastmaml train ant-dir threads=2 env_options.physics=v5 env_options.frame_skip=2 budget=trajectories``
     (docs/tutorials/locomotion.md, CHANGELOG.md, RESULTS.md's Ant-v5 run), as written, with short overrides."""
