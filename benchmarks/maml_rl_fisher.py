@@ -32,24 +32,7 @@ from torch import Tensor
 
 from fastmaml.core.params import Params
 from fastmaml.rl import train as rltrain
-from fastmaml.rl.trpo import Objective, TRPOConfig, flat, trpo_step, unflat
-
-
-def rllab_cg(matvec, b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
-    """rllab/misc/krylov.py's ``cg``: the residual test comes after each update."""
-    p, r, x = b.clone(), b.clone(), torch.zeros_like(b)
-    rr = r @ r
-    for _ in range(iters):
-        z = matvec(p)
-        v = rr / (p @ z)
-        x = x + v * p
-        r = r - v * z
-        new = r @ r
-        p = r + (new / rr) * p
-        rr = new
-        if rr < tol:
-            break
-    return x
+from fastmaml.rl.trpo import Objective, TRPOConfig, conjugate_gradient, flat, trpo_step, unflat
 
 
 def kl_gradient(objective: Objective, params: Params) -> Tensor:
@@ -73,8 +56,8 @@ def finite_difference_fvp(objective: Objective, params: Params, base_eps: float 
 
 def maml_rl_trpo_step(objective: Objective, params: Params, config: TRPOConfig, fisher=None,
                       base_eps: float = 1.0) -> tuple[Params, dict]:
-    """``ConjugateGradientOptimizer.optimize`` with its default product: CG on the finite-difference
-    product, the initial step ``sqrt(2 max_kl / (d.Hd + 1e-8))`` (1 where that is not a number), and
+    """``ConjugateGradientOptimizer.optimize`` with its default product: conjugate gradient on the
+    finite-difference product, the initial step ``sqrt(2 max_kl / (d.Hd + 1e-8))`` (1 where that is not a number), and
     backtracking that accepts ``loss < before and kl <= max_kl`` or rejects the step."""
     leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     loss, _ = objective(leaves)
@@ -83,7 +66,9 @@ def maml_rl_trpo_step(objective: Objective, params: Params, config: TRPOConfig, 
     del loss
     base = {n: p.detach() for n, p in leaves.items()}
     fvp = finite_difference_fvp(objective, base, base_eps, config.cg_damping)
-    direction = rllab_cg(fvp, grad, config.cg_iters)  # maml_rl steps to theta - step * direction
+    # rllab's krylov.cg tests the residual after each update, fastmaml's before: the same iterates unless the
+    # gradient itself is below the tolerance (1e-10 in squared norm), where rllab takes one step more
+    direction = conjugate_gradient(fvp, grad, config.cg_iters)  # maml_rl steps to theta - size * direction
     curvature = float(direction @ fvp(direction))
     size = math.sqrt(2 * config.max_kl / (curvature + 1e-8)) if curvature + 1e-8 > 0 else float("nan")
     if math.isnan(size):
