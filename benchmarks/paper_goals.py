@@ -3,9 +3,14 @@
 cbfinn/maml_rl's test scripts draw their goals with ``np.random.seed(s); np.random.uniform(0, high, 40)``:
 seed 1 and high 3 for Ant goal velocities (``maml_examples/test_maml_ant.py``), seed 2 and high 3 for Ant
 directions (``test_maml_ant_direc.py``), seed 1 and high 2 for HalfCheetah velocities and directions
-(``test_maml_cheetah.py``, ``test_maml_cheetah_direc.py``); a direction goal is backward below ``high / 2``
-(``rllab/envs/mujoco/*_rand_direc.py``). They commit the average return per goal and inner step
-(``icml/icml_{ant,antdirec,cheetah,cheetahdirec}_results_{maml,pretrain,random,oracle}.pkl``). This script
+(``test_maml_cheetah.py``, ``test_maml_cheetah_direc.py``). They commit the average return per goal and inner
+step (``icml/icml_{ant,antdirec,cheetah,cheetahdirec}_results_{maml,pretrain,random,oracle}.pkl``). The direction
+pickles were written before those scripts took their final form (commit 4d41869): by scripts that drew
+``np.random.uniform(0.1, 0.8, 40)`` with the same seed, in environments that ran backward below 0.4 (commits
+7fe27d7-4d41869; ``goal < high / 2`` came later, 7a92e6e). The same draws, so a direction goal is backward below
+3/7 of the range, not 1/2: that moves 5 of Ant direction's 40 goals (20 forward and 20 backward, not 15 and 25)
+and none of HalfCheetah's. The pickles agree: their pretrained and random policies' returns before adaptation take
+one value per direction, and split the goals there. This script
 adapts the run's meta-trained policy and its baselines on the same goals (the run's ``eval_trajectories`` per
 step, every method on the same sampling noise) and prints mean ± 95% CI over the goals per inner step, beside
 the paper's, and the paired difference per goal between the meta-trained policy and each baseline; for the
@@ -53,10 +58,10 @@ def paper_goals(env: str) -> list[dict]:
     """The 40 tasks of the paper's test script for ``env`` (a key of ``PAPER``)."""
     _, seed, high = PAPER[env]
     np.random.seed(seed)
-    goals = np.random.uniform(0.0, high, size=(40,))
     if env.endswith("-vel"):
-        return [{"velocity": float(g)} for g in goals]
-    return [{"direction": -1 if g < high / 2 else 1} for g in goals]
+        return [{"velocity": float(g)} for g in np.random.uniform(0.0, high, size=(40,))]
+    # the draws and the environments that wrote the direction pickles (see the module's docstring)
+    return [{"direction": -1 if g < 0.4 else 1} for g in np.random.uniform(0.1, 0.8, size=(40,))]
 
 
 def cell(values: np.ndarray) -> str:

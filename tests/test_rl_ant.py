@@ -19,6 +19,7 @@ from fastmaml.rl import ant  # noqa: E402
 from fastmaml.rl import config as rlcfg  # noqa: E402
 from fastmaml.rl.ant import AntDir, AntVel, ant_model  # noqa: E402
 from fastmaml.rl.baseline import with_advantages  # noqa: E402
+from fastmaml.rl.locomotion import HalfCheetahDir  # noqa: E402
 from fastmaml.rl.objectives import pack_target, pg_loss  # noqa: E402
 
 RLLAB = {"frame_skip": 2, "observation": "rllab", "start_noise": "normal", "velocity": "com"}  # the recipes'
@@ -207,6 +208,23 @@ def test_tasks_are_drawn_from_maml_rl_s_distributions():
     assert set(directions) == {-1, 1} and 200 < directions.count(1) < 300
 
 
+@pytest.mark.parametrize("family", [AntDir, HalfCheetahDir])
+def test_direction_families_run_backward_with_the_probability_asked(family):
+    """``env_options.backward``: 1/2 draws exactly what a run drew before the option; 3/7 (maml_rl's environments
+    when the paper's runs trained) and 0 and 1 draw that share of backward tasks."""
+    def directions(backward=None, n=7000):
+        options = {} if backward is None else {"backward": backward}
+        return np.array([t["direction"] for t in family(**options).sample_tasks(n, torch.Generator().manual_seed(3))])
+
+    np.testing.assert_array_equal(directions(0.5), directions())
+    np.testing.assert_array_equal(directions(), torch.randint(0, 2, (7000,), generator=torch.Generator()
+                                                                  .manual_seed(3)).numpy() * 2 - 1)
+    assert abs((directions(3 / 7) == -1).mean() - 3 / 7) < 0.02
+    assert (directions(0.0) == 1).all() and (directions(1.0) == -1).all()
+    with pytest.raises(ValueError, match=r"backward=1.5; use a probability in \[0, 1\]"):
+        family(backward=1.5)
+
+
 def test_rllab_s_start_pose_is_the_crouched_init_qpos():
     model = ant_model()
     start = AntVel(start_noise="normal")._start(model, 2000, torch.Generator().manual_seed(0))
@@ -329,6 +347,28 @@ def test_the_former_direction_defaults_train_by_override(tmp_path):
     config = rlcfg.load(run / "config.yaml")
     assert (config.env_options["physics"], config.env_options["frame_skip"], config.budget) == ("v5", 2, "trajectories")
     assert (run / "eval.json").is_file()
+
+
+def test_paper_goals_split_the_direction_goals_as_the_pickles_environments_did():
+    """The direction pickles were written with U[0.1, 0.8] draws, backward below 0.4 (benchmarks/paper_goals.py):
+    Ant direction's seed-2 goals split 20 and 20, where the later scripts' U[0, 3] below 1.5 gives 25 backward;
+    HalfCheetah direction's seed-1 goals split 22 backward either way. Velocity goals stay U[0, high]."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("paper_goals", root / "benchmarks" / "paper_goals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for env, seed, high, backward, later in [("ant-dir", 2, 3.0, 20, 25), ("half-cheetah-dir", 1, 2.0, 22, 22)]:
+        directions = np.array([task["direction"] for task in module.paper_goals(env)])
+        np.random.seed(seed)
+        draws = np.random.uniform(0.0, high, 40)
+        assert (directions == -1).sum() == backward and (draws < high / 2).sum() == later
+        # the same draws: a goal is backward exactly below 3/7 of the range
+        np.testing.assert_array_equal(directions == -1, draws < high * 0.3 / 0.7)
+    velocities = [task["velocity"] for task in module.paper_goals("ant-vel")]
+    np.random.seed(1)
+    assert velocities == list(np.random.uniform(0.0, 3.0, 40))
 
 
 def test_paper_goals_scores_a_run_on_the_papers_goals_with_either_budget(tmp_path):

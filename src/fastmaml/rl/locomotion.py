@@ -302,10 +302,21 @@ class HalfCheetahVel(_HalfCheetahTasks):
 
 
 class HalfCheetahDir(_HalfCheetahTasks):
-    """Run forward (d = +1) or backward (d = -1), each with probability 1/2 (tasks ``{"direction": d}``)."""
+    """Run forward (d = +1) or backward (d = -1) (tasks ``{"direction": d}``), backward with probability
+    ``backward`` (1/2 by default; ``env_options.backward``). maml_rl's direction environments ran backward
+    below 0.4 of goals drawn U[0.1, 0.8] when the paper's runs trained (commit 7fe27d7), a probability of 3/7."""
+
+    def __init__(self, *args, backward: float = 0.5, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0 <= backward <= 1:
+            raise ValueError(f"backward={backward}; use a probability in [0, 1] (0.5: forward and backward alike)")
+        self.backward = float(backward)
 
     def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
-        signs = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
+        if self.backward == 0.5:  # the draws of every run before the option
+            signs = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
+        else:
+            signs = torch.where(torch.rand(n, generator=generator) < self.backward, -1, 1)
         return [{"direction": int(d)} for d in signs]
 
     def task_reward(self, tasks: list[dict], velocity: np.ndarray, actions: np.ndarray) -> np.ndarray:
