@@ -289,7 +289,7 @@ def test_bad_family_options_are_one_line_errors_naming_the_valid_ones(monkeypatc
 
 def test_the_direction_recipe_is_its_best_measured_run():
     """``ant-dir`` resolves to the settings of ``benchmarks/partial-runs/ant-dir-rllab-steps/`` (maml_rl's physics
-    and batch: 447.1 on the paper's goals in RESULTS.md), all but the run's own seed and thread count and the
+    and batch: 446.3 on the paper's goals in RESULTS.md), all but the run's own seed and thread count and the
     checkpoints it kept (which do not change training), so the recipe's name in RESULTS.md and README.md
     stands for that run."""
     root = Path(__file__).resolve().parents[1]
