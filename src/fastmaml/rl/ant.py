@@ -60,6 +60,7 @@ from torch import Tensor
 
 from fastmaml.threads import process_cores, split_over
 from fastmaml.rl._gym import gymnasium
+from fastmaml.rl.directions import Directions
 from fastmaml.rl.episodes import Episodes
 from fastmaml.rl.locomotion import RESET_NOISE, RLLAB_POSITION_NOISE, START_NOISES, VELOCITIES, _mujoco, \
     model_warnings
@@ -404,23 +405,9 @@ class AntVel(_AntTasks):
         return -np.abs(velocity - goal) + VELOCITY_BONUS
 
 
-class AntDir(_AntTasks):
-    """Run forward (d = +1) or backward (d = -1) (tasks ``{"direction": d}``), backward with probability
-    ``backward`` (1/2 by default; ``env_options.backward``). maml_rl's direction environments ran backward
-    below 0.4 of goals drawn U[0.1, 0.8] when the paper's runs trained (commit 7fe27d7), a probability of 3/7."""
-
-    def __init__(self, *args, backward: float = 0.5, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if not 0 <= backward <= 1:
-            raise ValueError(f"backward={backward}; use a probability in [0, 1] (0.5: forward and backward alike)")
-        self.backward = float(backward)
-
-    def sample_tasks(self, n: int, generator: torch.Generator) -> list[dict]:
-        if self.backward == 0.5:  # the draws of every run before the option
-            signs = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
-        else:
-            signs = torch.where(torch.rand(n, generator=generator) < self.backward, -1, 1)
-        return [{"direction": int(d)} for d in signs]
+class AntDir(Directions, _AntTasks):
+    """Run forward (d = +1) or backward (d = -1), backward with probability ``backward`` (1/2 by default;
+    :class:`~fastmaml.rl.directions.Directions`)."""
 
     def forward_reward(self, tasks: list[dict], velocity: np.ndarray) -> np.ndarray:
         return np.array([task["direction"] for task in tasks], dtype=np.float64) * velocity
